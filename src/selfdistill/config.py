@@ -1,0 +1,310 @@
+"""Typed experiment configuration: YAML files are plain data validated against dataclass defaults.
+
+Unknown keys fail with a did-you-mean suggestion, wrong types name the key and the expected type, and
+``--set a.b=value`` overrides use YAML scalar syntax. Method options are validated against the
+options dataclass of the chosen method (see :mod:`selfdistill.methods`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .registry import did_you_mean
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------- schema
+@dataclass
+class AugmentConfig:
+    """Batched on-device training augmentation (test images are only normalised)."""
+
+    crop_padding: int = 4
+    """Zero-padding (px) for the random crop; 0 disables the crop."""
+    hflip: bool = True
+    mean: list[float] | None = None
+    """Per-channel mean in [0, 1]; ``None`` takes the dataset's default."""
+    std: list[float] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Dataset, split and loader options."""
+
+    name: str = "cifar10"
+    root: str | None = None
+    """Dataset folder. ``imagefolder`` needs ``train/`` and ``val/`` or ``test/`` inside it."""
+    download: bool = False
+    batch_size: int = 128
+    """Global batch (anchors per optimiser step summed over all ranks)."""
+    eval_batch_size: int = 512
+    train_subset: int = 0
+    """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed``."""
+    val_fraction: float = 0.0
+    """Class-balanced fraction of the training set held out for model selection."""
+    split_seed: int = 0
+    image_size: int | None = None
+    """Resize images to this square size on decode (needed when an ImageFolder's sizes differ)."""
+    in_memory: Literal["auto", "always", "never"] = "auto"
+    memory_limit_gb: float = 8.0
+    """``auto`` keeps a dataset in memory as uint8 when its decoded size is under this limit."""
+    cache_dir: str | None = None
+    """Where decoded ImageFolder tensors are cached (default ``$SELFDISTILL_CACHE`` or ~/.cache/selfdistill)."""
+    skip_corrupt: bool = False
+    """Skip unreadable images (counted and reported) instead of failing."""
+    num_workers: int = 4
+    """DataLoader workers for streamed (not in-memory) datasets."""
+    drop_last: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic_size: int = 512
+    """Images per split for the ``synthetic`` dataset."""
+    num_classes: int | None = None
+    """Classes for ``synthetic`` (default 10); ignored elsewhere."""
+
+
+@dataclass
+class ModelConfig:
+    """Network options."""
+
+    name: str = "resnet20"
+    """A zoo name (``selfdistill list models``), ``timm:<name>`` or ``torchvision:<name>``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the model constructor."""
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser options."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    wd_exclude_norm_bias: bool = False
+    """Apply no weight decay to normalisation weights and biases."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off)."""
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule, stepped every optimiser step."""
+
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    """Epochs after which the LR is multiplied by ``gamma`` (multistep)."""
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    """Linear warm-up length in epochs (multistep, cosine, constant)."""
+    warmup_start_factor: float = 0.1
+    min_lr: float = 0.0
+    pct_start: float = 0.25
+    """Fraction of training spent rising (onecycle)."""
+
+
+@dataclass
+class TrainConfig:
+    """Loop options."""
+
+    epochs: int = 240
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema_decay: float = 0.0
+    """Keep an EMA copy of the model and evaluate it as well (0 = off)."""
+    eval_every: int = 1
+    checkpoint_every_steps: int = 0
+    """Extra mid-epoch checkpoints every N steps (0 = only at epoch ends)."""
+    log_every: int = 20
+    progress: Literal["auto", "on", "off"] = "auto"
+    tensorboard: bool = True
+    deterministic: bool = False
+    threads: int = 0
+    """torch intra-op threads (0 = torch default)."""
+
+
+@dataclass
+class RunConfig:
+    """A complete experiment."""
+
+    seed: int = 0
+    name: str | None = None
+    out: str = "runs"
+    """Parent folder of the run directory (the run goes to ``out/name``)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    """``name`` plus the method's own options (``selfdistill list methods --verbose``)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def run_name(self) -> str:
+        """Run directory name: ``name`` or ``<dataset>_<model>_<method>_s<seed>``."""
+        if self.name:
+            return self.name
+        model = self.model.name.replace(":", "-").replace("/", "-")
+        return f"{self.data.name}_{model}_{self.method['name']}_s{self.seed}"
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} options, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{path}: expected null, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config key '{full}'.{did_you_mean(str(key), names)} Valid keys here: {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data (YAML-safe) form of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted == 'a.b'``, creating mappings as needed."""
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        nxt = node.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a mapping")
+        node = nxt
+    node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; values use YAML syntax (``1e-3``, ``true``, ``[1, 2]``)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file as plain data (safe loader: no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(
+    source: RunConfig | dict[str, Any] | str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Turn a YAML path, a dict or a :class:`RunConfig` plus ``key=value`` overrides into a validated config.
+
+    Method options are checked against the method's own options dataclass.
+    """
+    if isinstance(source, RunConfig):
+        data = to_dict(source)
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    elif source is None:
+        data = {}
+    else:
+        data = load_yaml(source)
+    for key, value in parse_overrides(overrides or []):
+        set_by_path(data, key, value)
+    cfg = from_dict(RunConfig, data)
+    from .methods import validate_method_options  # local import: methods depend on config
+
+    cfg.method = validate_method_options(cfg.method)
+    return cfg
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write plain data as YAML (keys in definition order)."""
+    with Path(path).open("w") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)

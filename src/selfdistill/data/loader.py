@@ -1,0 +1,157 @@
+"""The data module: splits, batch plans and on-device batch assembly for every data requirement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from .augment import crop_flip, normalize, sample_crop_flip
+from .samplers import SAMPLERS, IndexBatch, rank_slice
+from .sources import DATASETS, DataError, RawData, Split
+from .splits import make_splits
+
+
+@dataclass
+class Batch:
+    """One training step's data on the device.
+
+    ``x`` is the first augmented view (normalised float), ``views`` all ``n`` views (``views[0] is x``),
+    ``index`` the dataset indices, ``partner`` the same-class partners' batch under the class-pair sampler.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    views: list[Tensor] = field(default_factory=list)
+    partner: Batch | None = None
+
+    def __len__(self) -> int:
+        return self.y.numel()
+
+
+@dataclass(frozen=True)
+class DataRequirements:
+    """What a method needs from the data pipeline (methods.md §0.3)."""
+
+    sampler: str = "shuffle"
+    """``shuffle`` or ``pair`` (class-pair sampler: anchors plus same-class partners)."""
+    views: int = 1
+    """Independently augmented views per image."""
+
+
+def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**63))
+
+
+class DataModule:
+    """Loads a dataset once, splits it (seeded, class-balanced) and serves train and eval batches.
+
+    In-memory data stays a uint8 tensor on the training device and is augmented there in batches; streamed
+    data goes through DataLoader workers with torchvision transforms v2.
+    """
+
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.rank, self.world = rank, world
+        self.memory_format = memory_format
+        raw: RawData = DATASETS.get(cfg.name)(cfg)
+        self.classes = raw.classes
+        self.num_classes = len(raw.classes)
+        self.in_chans = raw.in_chans
+        train_idx, val_idx = make_splits(raw.train.labels, self.num_classes, cfg.val_fraction, cfg.train_subset,
+                                         cfg.split_seed)
+        self.train: Split = raw.train.subset(train_idx)
+        self.val: Split | None = raw.train.subset(val_idx) if val_idx.numel() else None
+        self.test: Split = raw.test
+        self.in_memory = raw.in_memory
+        self.mean = torch.tensor(cfg.augment.mean or raw.mean, dtype=torch.float32)
+        self.std = torch.tensor(cfg.augment.std or raw.std, dtype=torch.float32)
+        if self.mean.numel() != self.in_chans or self.std.numel() != self.in_chans:
+            raise DataError(f"data.augment.mean/std need {self.in_chans} values for {cfg.name}")
+        if self.in_memory:
+            for split in (self.train, self.val, self.test):
+                if split is not None:
+                    split.images = split.images.to(self.device)
+        self.image_size = self.train.images.shape[-1] if self.in_memory else (cfg.image_size or 224)
+
+    # -------------------------------------------------------------------------------------------- train
+    def train_loader(self, req: DataRequirements, seed: int) -> TrainLoader:
+        """Batches for a method's declared requirements."""
+        if req.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{req.sampler}' (known: {', '.join(SAMPLERS)})")
+        if self.cfg.batch_size % self.world:
+            raise ValueError(f"data.batch_size={self.cfg.batch_size} is the global batch and must be divisible by "
+                             f"the world size {self.world}")
+        sampler = SAMPLERS[req.sampler](self.train.labels, self.cfg.batch_size, self.cfg.drop_last, seed)
+        return TrainLoader(self, sampler, req.views, seed)
+
+    def _prepare(self, images_u8: Tensor) -> Tensor:
+        return normalize(images_u8, self.mean, self.std).contiguous(memory_format=self.memory_format)
+
+    # --------------------------------------------------------------------------------------------- eval
+    def eval_batches(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's shard of ``split`` as normalised ``(x, y)`` batches, in order (no augmentation)."""
+        sl = rank_slice(len(split), self.rank, self.world)
+        bs = self.cfg.eval_batch_size
+        if self.in_memory:
+            for start in range(sl.start, sl.stop, bs):
+                stop = min(start + bs, sl.stop)
+                yield self._prepare(split.images[start:stop]), split.labels[start:stop].to(self.device)
+            return
+        from .streaming import eval_loader
+
+        for x, y, _ in eval_loader(self, split.subset(torch.arange(sl.start, sl.stop))):
+            yield x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device)
+
+
+class TrainLoader:
+    """Iterates one epoch's batches from any step, deterministically from ``(seed, epoch, step)``."""
+
+    def __init__(self, data: DataModule, sampler, views: int, seed: int) -> None:
+        self.data = data
+        self.sampler = sampler
+        self.views = views
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield this rank's batches of ``epoch`` from ``start_step`` on."""
+        d = self.data
+        plan = self.sampler.epoch(epoch)
+        if not d.in_memory:
+            from .streaming import train_batches
+
+            yield from train_batches(self, plan, epoch, start_step)
+            return
+        for step in range(start_step, len(plan)):
+            yield self._assemble(plan[step], epoch, step)
+
+    def _assemble(self, ib: IndexBatch, epoch: int, step: int) -> Batch:
+        d = self.data
+        gen = _step_generator(self.seed, epoch, step)
+        n = ib.anchor.numel()
+        sl = rank_slice(n, d.rank, d.world)
+        local = ib.shard(d.rank, d.world)
+        batch = self._batch(local.anchor, self._draw(gen, n), sl)
+        if local.partner is not None:
+            batch.partner = self._batch(local.partner, self._draw(gen, n), sl)
+        return batch
+
+    def _draw(self, gen: torch.Generator, n: int) -> list:
+        aug = self.data.cfg.augment
+        return [sample_crop_flip(n, aug.crop_padding, aug.hflip, gen) for _ in range(self.views)]
+
+    def _batch(self, idx: Tensor, params: list, sl: slice) -> Batch:
+        d = self.data
+        imgs = d.train.images[idx.to(d.device)]
+        pad = d.cfg.augment.crop_padding
+        views = [d._prepare(crop_flip(imgs, pad, p[sl])) for p in params]
+        return Batch(views[0], d.train.labels[idx].to(d.device), idx.to(d.device), views)

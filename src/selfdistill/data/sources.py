@@ -1,0 +1,301 @@
+"""Dataset sources: each returns raw train/test splits as uint8 tensors (or file lists when streamed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from ..registry import Registry
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, corrupt or inconsistent; the message says what to do."""
+
+
+@dataclass
+class Split:
+    """One split: uint8 images ``(N, C, H, W)`` held in memory, or image files to stream."""
+
+    labels: Tensor
+    images: Tensor | None = None
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def subset(self, idx: Tensor) -> Split:
+        """The split restricted to ``idx``."""
+        return Split(
+            self.labels[idx],
+            None if self.images is None else self.images[idx],
+            None if self.files is None else [self.files[i] for i in idx.tolist()],
+        )
+
+
+@dataclass
+class RawData:
+    """What a source returns: splits, class names and normalisation statistics."""
+
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    in_chans: int = 3
+
+    @property
+    def in_memory(self) -> bool:
+        return self.train.images is not None
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``data.name``."""
+    return DATASETS.names()
+
+
+def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of uint8 images ``(N, C, H, W)``, in float64 chunks."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        sq += (x * x).sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (sq / n - mean**2).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+def _cifar(cfg: DataConfig, hundred: bool) -> RawData:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
+    folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
+    files = "train, test, meta" if hundred else "data_batch_1..5, test_batch, batches.meta"
+    root = cfg.root or "data"
+    try:
+        splits = [cls(root, train=t, download=cfg.download) for t in (True, False)]
+    except RuntimeError as exc:
+        raise DataError(
+            f"{cls.__name__} not found under '{root}': expected {Path(root) / folder}/ with {files}. "
+            "Set data.download=true (needs internet) or data.root to the folder that holds it; a JPEG "
+            "ImageFolder copy can be read with data.name=imagefolder."
+        ) from exc
+    train, test = (
+        Split(torch.tensor(s.targets, dtype=torch.long), torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous())
+        for s in splits
+    )
+    if hundred:  # P-CRD statistics (methods.md §0.5)
+        mean, std = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]
+    else:
+        mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+    return RawData(train, test, list(splits[0].classes), mean, std)
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig) -> RawData:
+    """CIFAR-10 via torchvision (``data.download`` fetches it)."""
+    return _cifar(cfg, hundred=False)
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg: DataConfig) -> RawData:
+    """CIFAR-100 via torchvision (``data.download`` fetches it)."""
+    return _cifar(cfg, hundred=True)
+
+
+# ----------------------------------------------------------------------------------------------- digits
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> RawData:
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, offline): a fixed, class-balanced split of
+    1,201 training and 596 test images (split seed 0, independent of the run seed)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    from .splits import make_splits
+
+    train_idx, test_idx = make_splits(labels, 10, val_fraction=597 / 1797, train_subset=0, seed=0)
+    train = Split(labels[train_idx], images[train_idx])
+    mean, std = channel_stats(train.images)
+    return RawData(train, Split(labels[test_idx], images[test_idx]), [str(i) for i in range(10)], mean, std,
+                   in_chans=1)
+
+
+# -------------------------------------------------------------------------------------------- synthetic
+def synthetic_split(n: int, num_classes: int, size: int, seed: int) -> Split:
+    """Procedural, learnable images: each class is a fixed smooth colour pattern (seed 1234), each sample
+    that pattern randomly shifted, scaled in contrast and noised (``seed``)."""
+    proto_g = torch.Generator().manual_seed(1234)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=proto_g)
+    protos = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=g)]
+    shifts = torch.randint(-2, 3, (n, 2), generator=g)
+    x = protos[labels]
+    rows = (torch.arange(size)[None, :] - shifts[:, :1]) % size
+    cols = (torch.arange(size)[None, :] - shifts[:, 1:]) % size
+    x = x[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)
+    x = (x - 0.5) * contrast + 0.5 + 0.08 * torch.randn(x.shape, generator=g)
+    return Split(labels, (x.clamp(0, 1) * 255).round().to(torch.uint8))
+
+
+@DATASETS.register("synthetic")
+def synthetic(cfg: DataConfig) -> RawData:
+    """Seeded procedural data for tests: ``synthetic_size`` images per split, ``image_size`` (16) pixels."""
+    k = cfg.num_classes or 10
+    size = cfg.image_size or 16
+    train = synthetic_split(cfg.synthetic_size, k, size, seed=1)
+    test = synthetic_split(max(cfg.synthetic_size // 2, k), k, size, seed=2)
+    return RawData(train, test, [f"class_{i}" for i in range(k)], [0.5] * 3, [0.25] * 3)
+
+
+# ------------------------------------------------------------------------------------------ imagefolder
+def scan_folder(split_dir: Path) -> tuple[list[str], list[str], Tensor]:
+    """Classes (sorted folder names), image paths and labels of an ImageFolder split."""
+    if not split_dir.is_dir():
+        raise DataError(f"missing split folder {split_dir}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>)")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        imgs = sorted(e.path for e in os.scandir(split_dir / c) if e.name.lower().endswith(IMG_EXTENSIONS))
+        if not imgs:
+            raise DataError(f"class folder {split_dir / c} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        files += imgs
+        labels += [i] * len(imgs)
+    return classes, files, torch.tensor(labels, dtype=torch.long)
+
+
+def _decode(path: str, size: int | None) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")  # grayscale, palette and RGBA become RGB
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception:
+        return None
+
+
+def decode_images(files: list[str], size: int | None, skip_corrupt: bool) -> tuple[Tensor, list[int]]:
+    """Decode image files into one uint8 ``(N, 3, H, W)`` tensor; returns it and the kept positions.
+
+    A file that cannot be read fails with its name, or is skipped (and counted) with ``skip_corrupt``.
+    """
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        arrays = list(pool.map(lambda f: _decode(f, size), files, chunksize=256))
+    kept = [i for i, a in enumerate(arrays) if a is not None]
+    bad = [files[i] for i, a in enumerate(arrays) if a is None]
+    if bad and not skip_corrupt:
+        raise DataError(f"cannot read image {bad[0]} ({len(bad)} unreadable in all). Remove or replace it, or set "
+                        "data.skip_corrupt=true to skip unreadable images.")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable images, e.g. {bad[0]}", stacklevel=2)
+    shapes = {arrays[i].shape for i in kept}
+    if len(shapes) > 1:
+        raise DataError(f"images have different sizes ({sorted(shapes)[:3]} ...); set data.image_size to resize "
+                        "them on decode")
+    if not kept:
+        raise DataError("no readable images")
+    return torch.from_numpy(np.stack([arrays[i] for i in kept])).permute(0, 3, 1, 2).contiguous(), kept
+
+
+def _cache_key(files: list[str], size: int | None) -> str:
+    h = hashlib.sha1(f"v1|{size}".encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    """Folder for decoded-dataset caches."""
+    return Path(cfg.cache_dir or os.environ.get("SELFDISTILL_CACHE") or Path.home() / ".cache" / "selfdistill")
+
+
+def load_folder_split(files: list[str], labels: Tensor, cfg: DataConfig, in_memory: bool) -> Split:
+    """Decode a scanned split into memory (cached on disk) or keep its file list for streaming."""
+    if not in_memory:
+        return Split(labels, files=files)
+    path = cache_dir(cfg) / f"imagefolder-{_cache_key(files, cfg.image_size)}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        return Split(blob["labels"], blob["images"])
+    images, kept = decode_images(files, cfg.image_size, cfg.skip_corrupt)
+    split = Split(labels[kept], images)
+    from ..engine.checkpoint import atomic_save
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"images": split.images, "labels": split.labels}, path)
+    except OSError as exc:  # a cache is an optimisation: warn, keep going
+        warnings.warn(f"could not write the decode cache {path}: {exc}", stacklevel=2)
+    return split
+
+
+def _estimate_bytes(files: list[str], size: int | None) -> int:
+    if size is None:
+        from PIL import Image
+
+        with Image.open(files[0]) as im:
+            w, h = im.size
+    else:
+        w = h = size
+    return len(files) * 3 * w * h
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> RawData:
+    """Any ``root/{train,val|test}/<class>/<image>`` tree. Held in memory as uint8 when it fits
+    (``data.in_memory``, ``data.memory_limit_gb``), streamed through DataLoader workers otherwise."""
+    if not cfg.root:
+        raise DataError("data.root must point at a folder with train/ and val/ or test/ inside")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist")
+    test_name = next((n for n in ("val", "test") if (root / n).is_dir()), None)
+    if test_name is None or not (root / "train").is_dir():
+        raise DataError(f"{root} must contain train/ and val/ or test/ (found: "
+                        f"{', '.join(sorted(p.name for p in root.iterdir())) or 'nothing'})")
+    classes, train_files, train_labels = scan_folder(root / "train")
+    test_classes, test_files, test_labels = scan_folder(root / test_name)
+    if test_classes != classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise DataError(f"class folders differ between train/ and {test_name}/: only in train {only_train[:5]}, "
+                        f"only in {test_name} {only_test[:5]}")
+    if cfg.in_memory == "auto":
+        in_memory = _estimate_bytes(train_files, cfg.image_size) * 1.2 < cfg.memory_limit_gb * 2**30
+    else:
+        in_memory = cfg.in_memory == "always"
+    train = load_folder_split(train_files, train_labels, cfg, in_memory)
+    test = load_folder_split(test_files, test_labels, cfg, in_memory)
+    if in_memory:
+        mean, std = channel_stats(train.images)
+    else:
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    return RawData(train, test, classes, mean, std)

@@ -1,0 +1,58 @@
+"""Seeded, class-balanced subsets and validation splits."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def balanced_take(labels: Tensor, per_class: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Take ``per_class[c]`` random indices of each class ``c``; return ``(taken, rest)``, both sorted."""
+    taken = []
+    for c in range(per_class.numel()):  # loop over classes, not samples
+        idx = (labels == c).nonzero().flatten()
+        k = int(per_class[c])
+        if k > idx.numel():
+            raise ValueError(f"class {c} has {idx.numel()} images, {k} were requested")
+        taken.append(idx[torch.randperm(idx.numel(), generator=generator)[:k]])
+    chosen = torch.cat(taken) if taken else torch.empty(0, dtype=torch.long)
+    mask = torch.zeros(labels.numel(), dtype=torch.bool)
+    mask[chosen] = True
+    return mask.nonzero().flatten(), (~mask).nonzero().flatten()
+
+
+def split_counts(labels: Tensor, num_classes: int, *, fraction: float | None = None, total: int | None = None,
+                 generator: torch.Generator) -> Tensor:
+    """Per-class counts for a balanced selection: ``round(fraction·n_c)`` or ``total`` spread evenly.
+
+    With ``total``, the remainder ``total mod K`` goes to randomly chosen classes, one each.
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if fraction is not None:
+        return torch.round(counts.double() * fraction).long()
+    assert total is not None
+    per = torch.full((num_classes,), total // num_classes, dtype=torch.long)
+    extra = torch.randperm(num_classes, generator=generator)[: total % num_classes]
+    per[extra] += 1
+    return torch.minimum(per, counts)
+
+
+def make_splits(labels: Tensor, num_classes: int, val_fraction: float, train_subset: int,
+                seed: int) -> tuple[Tensor, Tensor]:
+    """Return ``(train_idx, val_idx)``: the validation split is drawn first from the full training set, then
+    ``train_subset`` images (0 = all) are drawn from the rest; both class-balanced and seeded by ``seed``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    if val_fraction > 0:
+        val_idx, train_idx = balanced_take(labels, split_counts(labels, num_classes, fraction=val_fraction,
+                                                                generator=g), g)
+    else:
+        val_idx, train_idx = torch.empty(0, dtype=torch.long), torch.arange(labels.numel())
+    if train_subset:
+        if train_subset > train_idx.numel():
+            raise ValueError(f"data.train_subset={train_subset} exceeds the {train_idx.numel()} training images")
+        counts = split_counts(labels[train_idx], num_classes, total=train_subset, generator=g)
+        sub, _ = balanced_take(labels[train_idx], counts, g)
+        train_idx = train_idx[sub]
+    return train_idx, val_idx

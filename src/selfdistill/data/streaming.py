@@ -1,0 +1,92 @@
+"""Streaming path for image trees too large for memory (ImageNet): DataLoader workers + transforms v2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .samplers import IndexBatch
+from .sources import DataError, Split
+
+if TYPE_CHECKING:
+    from .loader import Batch, DataModule, TrainLoader
+
+
+class FileDataset(Dataset):
+    """Decodes image files with PIL and applies a transforms-v2 pipeline ``views`` times."""
+
+    def __init__(self, split: Split, transform, views: int = 1) -> None:
+        self.files = split.files
+        self.labels = split.labels
+        self.transform = transform
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        from PIL import Image
+
+        try:
+            with Image.open(self.files[i]) as im:
+                img = im.convert("RGB")
+        except Exception as exc:
+            raise DataError(f"cannot read image {self.files[i]}: {exc}. Remove or replace the file.") from exc
+        return torch.stack([self.transform(img) for _ in range(self.views)]), int(self.labels[i]), i
+
+
+def _transforms(data: DataModule, train: bool):
+    from torchvision.transforms import v2
+
+    size = data.image_size
+    mean, std = data.mean.tolist(), data.std.tolist()
+    if train:
+        ops = [v2.RandomResizedCrop(size, antialias=True)]
+        if data.cfg.augment.hflip:
+            ops.append(v2.RandomHorizontalFlip())
+    else:
+        ops = [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def _loader(data: DataModule, dataset: Dataset, batches, generator: torch.Generator | None = None) -> DataLoader:
+    workers = data.cfg.num_workers
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=data.device.type == "cuda",
+                      persistent_workers=False, generator=generator, prefetch_factor=4 if workers else None)
+
+
+def train_batches(loader: TrainLoader, plan: list[IndexBatch], epoch: int, start_step: int) -> Iterator[Batch]:
+    """This rank's batches of a streamed epoch; pairs are fetched as one index list and split again."""
+    from .loader import Batch
+
+    data = loader.data
+    local = [ib.shard(data.rank, data.world) for ib in plan[start_step:]]
+    lists = [ib.anchor.tolist() + ([] if ib.partner is None else ib.partner.tolist()) for ib in local]
+    dataset = FileDataset(data.train, _transforms(data, train=True), loader.views)
+    gen = torch.Generator().manual_seed(loader.seed * 1_000_003 + epoch)
+    for ib, (x, y, idx) in zip(local, _loader(data, dataset, lists, gen), strict=True):
+        x = x.to(data.device, non_blocking=True)
+        y, idx = y.to(data.device), idx.to(data.device)
+        parts = [slice(0, ib.anchor.numel())]
+        if ib.partner is not None:
+            parts.append(slice(ib.anchor.numel(), None))
+        made = []
+        for p in parts:
+            views = [x[p, v].contiguous(memory_format=data.memory_format) for v in range(loader.views)]
+            made.append(Batch(views[0], y[p], idx[p], views))
+        if len(made) == 2:
+            made[0].partner = made[1]
+        yield made[0]
+
+
+def eval_loader(data: DataModule, split: Split) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Ordered, un-augmented batches of a streamed split (single view squeezed)."""
+    dataset = FileDataset(split, _transforms(data, train=False))
+    n, bs = len(split), data.cfg.eval_batch_size
+    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    for x, y, idx in _loader(data, dataset, batches):
+        yield x[:, 0], y, idx

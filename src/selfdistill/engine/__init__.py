@@ -1,0 +1,10 @@
+"""Training engine: loop, checkpoints, distributed helpers, metrics and logs."""
+
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
+from .metrics import MetricAccumulator, expected_calibration_error, topk_correct
+from .trainer import NonFiniteLossError, RunExistsError, Trainer, evaluate, train
+
+__all__ = [
+    "CheckpointError", "MetricAccumulator", "NonFiniteLossError", "RunExistsError", "Trainer", "atomic_save",
+    "evaluate", "expected_calibration_error", "load_checkpoint", "save_checkpoint", "topk_correct", "train",
+]

@@ -1,0 +1,77 @@
+"""Run logs: ``metrics.csv`` (one row per epoch), TensorBoard events and a console progress bar."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class CSVLog:
+    """Per-epoch CSV whose header grows when new columns appear; on resume, rows after the checkpoint's epoch
+    are dropped so that a resumed run's file matches an uninterrupted one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+
+    def truncate(self, last_epoch: int) -> None:
+        """Keep rows with ``epoch <= last_epoch``."""
+        self.rows = [r for r in self.rows if int(float(r["epoch"])) <= last_epoch]
+        self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add a row and rewrite the file (small: one row per epoch)."""
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+class TensorBoardLog:
+    """Scalars to TensorBoard (silently off when tensorboard is not installed)."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                return
+            self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Log every finite float in ``values``."""
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.writer.add_scalar(k.replace("_", "/", 1), v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Close the event file."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(total: int, initial: int, desc: str, mode: str, enabled: bool) -> tqdm:
+    """A tqdm bar over an epoch's steps (``mode`` auto shows it only on a terminal)."""
+    show = enabled and (mode == "on" or (mode == "auto" and sys.stderr.isatty()))
+    return tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True, leave=False)

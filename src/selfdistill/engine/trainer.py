@@ -1,0 +1,418 @@
+"""The one training loop shared by every method."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import ConfigError, RunConfig, resolve_config, save_yaml, to_dict
+from ..data import DataModule
+from ..methods import METHODS, MethodContext, build_method
+from ..models import build_model
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from .distributed import DistInfo, all_reduce_sum, init_distributed, unwrap, wrap_ddp
+from .logging import CSVLog, TensorBoardLog, progress_bar
+from .metrics import MetricAccumulator, topk_correct
+from .optim import ModelEMA, build_optimizer, build_scheduler
+
+CHECKPOINT = "last.pt"
+# keys that may differ between a run's saved config and the one it is resumed with
+RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
+                     "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; training stopped before the optimiser step."""
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a checkpoint and ``resume`` was not asked for."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("kwargs",):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_sha() -> str | None:
+    """The library checkout's commit, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Trainer:
+    """Trains ``cfg`` into ``cfg.out/<run name>``; :meth:`fit` returns the run summary."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.run_dir = Path(cfg.out) / cfg.run_name()
+        self.dist = DistInfo()
+        self._log = log if log is not None else (lambda msg: print(msg, flush=True))
+
+    def log(self, msg: str) -> None:
+        """Print on the main rank."""
+        if self.dist.is_main:
+            self._log(msg)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(cfg.train.device)
+        self.dist = init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            warnings.warn("train.amp=fp16 needs CUDA; using bf16 autocast on CPU instead", stacklevel=2)
+            self.amp_dtype = torch.bfloat16
+        seed_everything(cfg.seed)
+        fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        self.data = DataModule(cfg.data, self.device, self.dist.rank, self.dist.world, fmt)
+        self.model: nn.Module = build_model(cfg.model.name, self.data.num_classes, self.data.in_chans,
+                                            **cfg.model.kwargs).to(self.device, memory_format=fmt)
+        self.loader = self.data.train_loader(METHODS.get(cfg.method["name"]).requirements, cfg.seed)
+        self.steps_per_epoch = len(self.loader)
+        ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
+                            self.device, self.dist.rank, self.dist.world)
+        self.method = build_method(cfg.method, ctx)
+        self.method.setup(self.model)
+        self.extra = [m.to(self.device) for m in self.method.trainable_modules()]
+        self.train_model = wrap_ddp(self.model, self.dist, self.device, cfg.model.sync_bn)
+        self.model = unwrap(self.train_model)
+        if cfg.model.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.optimizer = build_optimizer([self.model, *self.extra], cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, cfg.optim.lr, self.steps_per_epoch,
+                                         cfg.train.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = ModelEMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+
+    # ---------------------------------------------------------------------------------------- checkpoint
+    def _state(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "config": to_dict(self.cfg),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "extra": [m.state_dict() for m in self.extra],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "epoch_acc": {k: v.detach().cpu() for k, v in acc.items()},
+            "train_time": self.train_time,
+            "classes": self.data.classes,
+            "in_chans": self.data.in_chans,
+        }
+
+    def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor]) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self._state(epoch, step_in_epoch, acc), self.run_dir / CHECKPOINT)
+
+    def _check_resume_config(self, saved: dict[str, Any]) -> None:
+        old, new = _flatten(saved), _flatten(to_dict(self.cfg))
+        diff = sorted(k for k in set(old) | set(new)
+                      if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+        if diff:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+            raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the saved run ({shown}). "
+                              "Resume with the same settings or start a new run (another name or --out).")
+
+    def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor]]:
+        self._check_resume_config(ck["config"])
+        self.model.load_state_dict(ck["model"])
+        for m, s in zip(self.extra, ck["extra"], strict=True):
+            m.load_state_dict(s)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None and ck["ema"] is not None:
+            self.ema.module.load_state_dict(ck["ema"])
+        self.method.load_state_dict(ck["method"])
+        set_rng_state(ck["rng"])
+        self.history = list(ck["history"])
+        self.global_step = ck["global_step"]
+        self.train_time = ck["train_time"]
+        acc = {k: v.to(self.device) for k, v in ck["epoch_acc"].items()}
+        return ck["epoch"], ck["step_in_epoch"], acc
+
+    # ----------------------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split) -> dict[str, float]:
+        """Top-1/top-5/NLL/ECE of ``model`` on ``split``, reduced over ranks."""
+        was_training = model.training
+        model.eval()
+        acc = MetricAccumulator(self.device)
+        for x, y in self.data.eval_batches(split):
+            with self._autocast():
+                acc.update(model(x).float(), y)
+        all_reduce_sum(acc.sums, self.dist)
+        model.train(was_training)
+        return acc.compute()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume) to ``train.epochs`` and write the summary."""
+        self._setup()
+        cfg = self.cfg
+        ckpt_path = self.run_dir / CHECKPOINT
+        self.history: list[dict[str, float]] = []
+        self.global_step = 0
+        self.train_time = 0.0
+        start_epoch, start_step, acc = 1, 0, {}
+        if ckpt_path.is_file():
+            if not self.resume:
+                raise RunExistsError(f"{self.run_dir} already holds a run (checkpoint {ckpt_path}). Pass --resume "
+                                     "to continue it, or choose another run name or --out.")
+            done_epoch, step_in_epoch, acc = self._restore(load_checkpoint(ckpt_path, self.device))
+            start_epoch, start_step = (done_epoch + 1, 0) if step_in_epoch == 0 else (done_epoch, step_in_epoch)
+            self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {start_step}")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(to_dict(cfg), self.run_dir / "config.yaml")
+        csv_log = CSVLog(self.run_dir / "metrics.csv") if self.dist.is_main else None
+        if csv_log is not None:
+            csv_log.truncate(start_epoch - 1)
+        tb = TensorBoardLog(self.run_dir / "tb", cfg.train.tensorboard and self.dist.is_main)
+        self.log(f"run {self.run_dir}: {cfg.method['name']} on {cfg.data.name} ({len(self.data.train)} train"
+                 f"{f', {len(self.data.val)} val' if self.data.val is not None else ''}, {len(self.data.test)} test)"
+                 f", {cfg.model.name}, {cfg.train.epochs} epochs × {self.steps_per_epoch} steps, device "
+                 f"{self.device}")
+        try:
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc)
+                acc = {}
+                if csv_log is not None:
+                    csv_log.append(row)
+                tb.scalars(row, epoch)
+                self._save(epoch, 0, {})
+        finally:
+            tb.close()
+        summary = self._summary()
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _train_epoch(self, epoch: int, start_step: int, acc: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        self.method.on_epoch_start(epoch)
+        self.train_model.train()
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        acc = dict(acc) or {"n": zero.clone(), "correct": zero.clone(), "steps": zero.clone()}
+        bar = progress_bar(self.steps_per_epoch, start_step, f"epoch {epoch}/{cfg.train.epochs}", cfg.train.progress,
+                           self.dist.is_main)
+        t0 = time.perf_counter()
+        images = 0
+        step = start_step
+        for step, batch in enumerate(self.loader.iterate(epoch, start_step), start=start_step):
+            with self._autocast():
+                out = self.method.training_step(self.train_model, batch, epoch)
+            total = sum(out.losses.values())
+            self._check_finite(out.losses, total, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if cfg.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                         cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.method.after_step(self.model)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.global_step += 1
+            images += len(batch) * self.dist.world
+            with torch.no_grad():
+                acc["n"] += out.targets.numel()
+                acc["correct"] += topk_correct(out.logits.detach().float(), out.targets, 1)
+                acc["steps"] += 1
+                for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total,
+                             **out.stats}.items():
+                    acc[k] = acc.get(k, zero) + v.detach().double()
+            if self.dist.is_main and (step + 1) % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{float(acc['loss'] / acc['steps']):.3f}",
+                                acc=f"{100 * float(acc['correct'] / acc['n']):.1f}%",
+                                img_s=f"{images / (time.perf_counter() - t0):.0f}")
+            bar.update(1)
+            if cfg.train.checkpoint_every_steps and self.global_step % cfg.train.checkpoint_every_steps == 0 \
+                    and step + 1 < self.steps_per_epoch:
+                self._save_mid(epoch, step + 1, acc, t0)
+        bar.close()
+        train_s = time.perf_counter() - t0
+        self.train_time += train_s
+        row = self._epoch_row(epoch, acc, train_s, images)
+        self.history.append(row)
+        self.log(self._format_row(row))
+        return row
+
+    def _save_mid(self, epoch: int, next_step: int, acc: dict[str, torch.Tensor], t0: float) -> None:
+        """Mid-epoch checkpoint: ``epoch`` is in progress, ``next_step`` is the next step to run."""
+        saved_time = self.train_time
+        self.train_time += time.perf_counter() - t0
+        self._save(epoch, next_step, acc)
+        self.train_time = saved_time
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor, epoch: int, step: int) -> None:
+        if bool(torch.isfinite(total)):
+            return
+        bad = next((k for k, v in losses.items() if not bool(torch.isfinite(v).all())), "total")
+        value = float(losses[bad]) if bad in losses else float(total)
+        ckpt = self.run_dir / CHECKPOINT
+        where = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, step {step + 1} (global step {self.global_step + 1}): term '{bad}' "
+            f"= {value}. Training stopped before the update; {where}. Lower optim.lr, set optim.grad_clip, or use "
+            "train.amp=none, then continue with --resume.")
+
+    def _epoch_row(self, epoch: int, acc: dict[str, torch.Tensor], train_s: float, images: int) -> dict[str, float]:
+        keys = sorted(acc)
+        summed = all_reduce_sum(torch.stack([acc[k] for k in keys]), self.dist)  # sums over ranks
+        acc = dict(zip(keys, summed, strict=True))
+        steps = max(float(acc["steps"]), 1.0)
+        row: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        for k, v in acc.items():
+            if k not in ("n", "correct", "steps"):
+                row[f"train_{k}"] = float(v) / steps
+        row["train_top1"] = 100 * float(acc["correct"]) / max(float(acc["n"]), 1.0)
+        if epoch % self.cfg.train.eval_every == 0 or epoch == self.cfg.train.epochs:
+            row.update({f"test_{k}": v for k, v in self.evaluate(self.model, self.data.test).items() if k != "n"})
+            if self.data.val is not None:
+                row.update({f"val_{k}": v for k, v in self.evaluate(self.model, self.data.val).items() if k != "n"})
+            if self.ema is not None:
+                row.update({f"ema_test_{k}": v for k, v in self.evaluate(self.ema.module, self.data.test).items()
+                            if k != "n"})
+        row["train_time_s"] = train_s
+        row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
+        return row
+
+    def _format_row(self, r: dict[str, float]) -> str:
+        parts = [f"epoch {int(r['epoch'])}/{self.cfg.train.epochs}", f"loss {r['train_loss']:.4f}",
+                 f"train {r['train_top1']:.2f}%"]
+        if "test_top1" in r:
+            parts.append(f"test {r['test_top1']:.2f}% (nll {r['test_nll']:.3f}, ece {r['test_ece']:.2f}%)")
+        if "val_top1" in r:
+            parts.append(f"val {r['val_top1']:.2f}%")
+        parts.append(f"{r['train_time_s']:.1f}s {r['images_per_s']:.0f} img/s")
+        return " | ".join(parts)
+
+    def _summary(self) -> dict[str, Any]:
+        evaluated = [r for r in self.history if "test_top1" in r]
+        last = evaluated[-1] if evaluated else {}
+        metrics = ("top1", "top5", "nll", "ece")
+        best = None
+        with_val = [r for r in evaluated if "val_top1" in r]
+        if with_val:
+            b = max(with_val, key=lambda r: (r["val_top1"], -r["epoch"]))  # earliest epoch among ties
+            best = {"epoch": int(b["epoch"]), **{f"val_{m}": b[f"val_{m}"] for m in metrics},
+                    **{f"test_{m}": b[f"test_{m}"] for m in metrics}}
+        times = [r["train_time_s"] for r in self.history]
+        return {
+            "run": str(self.run_dir),
+            "method": self.cfg.method["name"],
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.data.name,
+            "seed": self.cfg.seed,
+            "epochs": len(self.history),
+            "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
+            "best_val": best,
+            "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if "ema_test_top1" in last else None,
+            "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
+            "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
+            else math.nan,
+            "passes_per_step": type(self.method).passes_per_step,
+            "num_params": sum(p.numel() for p in self.model.parameters()),
+            "num_train": len(self.data.train),
+            "num_val": 0 if self.data.val is None else len(self.data.val),
+            "num_test": len(self.data.test),
+            "config": to_dict(self.cfg),
+            "env": {"selfdistill": __version__, "git_sha": git_sha(), "torch": torch.__version__,
+                    "python": sys.version.split()[0], "platform": platform.platform(), "device": str(self.device),
+                    "world_size": self.dist.world},
+        }
+
+
+def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
+          resume: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary."""
+    return Trainer(resolve_config(config, overrides), resume=resume, log=log).fit()
+
+
+@torch.no_grad()
+def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: str = "test",
+             ema: bool = False) -> dict[str, float]:
+    """Evaluate a checkpoint's model (or its EMA copy) on a split of its dataset (``data.*`` overrides allowed)."""
+    ck = load_checkpoint(checkpoint)
+    cfg = resolve_config(ck["config"], overrides)
+    device = resolve_device(cfg.train.device)
+    fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    data = DataModule(cfg.data, device, memory_format=fmt)
+    if data.classes != ck["classes"]:
+        raise CheckpointError(f"the data's classes ({len(data.classes)}) differ from the checkpoint's "
+                              f"({len(ck['classes'])}); evaluate on data with the same class folders")
+    model = build_model(cfg.model.name, data.num_classes, data.in_chans, **cfg.model.kwargs)
+    weights = ck["ema"] if ema else ck["model"]
+    if weights is None:
+        raise CheckpointError("this checkpoint holds no EMA model (train.ema_decay was 0)")
+    model.load_state_dict(weights)
+    model.to(device, memory_format=fmt).eval()
+    target = {"test": data.test, "val": data.val, "train": data.train}[split]
+    if target is None:
+        raise ConfigError("the run has no validation split (data.val_fraction=0)")
+    acc = MetricAccumulator(device)
+    for x, y in data.eval_batches(target):
+        acc.update(model(x).float(), y)
+    return acc.compute()

@@ -1,0 +1,58 @@
+"""Loss functions shared by the methods. All are computed in fp32 with autocast off (methods.md §0.2):
+log-probabilities come from ``log_softmax``, target probabilities use ``xlogy`` so that 0·log 0 = 0."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KLReduction = Literal["batchmean", "elementwise_mean", "sum"]
+
+
+def _fp32(x: Tensor) -> Tensor:
+    return x.float()
+
+
+def _reduce(per_row: Tensor, reduction: KLReduction, num_classes: int) -> Tensor:
+    if reduction == "batchmean":
+        return per_row.sum() / per_row.shape[0]
+    if reduction == "elementwise_mean":
+        return per_row.sum() / (per_row.shape[0] * num_classes)
+    if reduction == "sum":
+        return per_row.sum()
+    raise ValueError(f"unknown reduction '{reduction}'")
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean ``CE(z, y) = −log σ(z)_y`` over rows, in fp32."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.cross_entropy(_fp32(logits), target)
+
+
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Mean over rows of ``H(q, z) = −Σ_c q_c log σ(z)_c`` for target distributions ``q``."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return -(_fp32(target_probs) * F.log_softmax(_fp32(logits), dim=1)).sum(1).mean()
+
+
+def kl_div(target_probs: Tensor, log_q: Tensor, reduction: KLReduction = "batchmean") -> Tensor:
+    """``KL(p‖q) = Σ_c p_c (log p_c − log q_c)`` from target probabilities and trained log-probabilities."""
+    with torch.autocast(log_q.device.type, enabled=False):
+        p = _fp32(target_probs)
+        per_row = (torch.xlogy(p, p) - p * _fp32(log_q)).sum(1)
+        return _reduce(per_row, reduction, p.shape[1])
+
+
+def kd_loss(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0,
+            reduction: KLReduction = "batchmean") -> Tensor:
+    """Standard distillation term ``KD_T(t, s) = T² · KL(σ_T(t) ‖ σ_T(s))`` (methods.md §0.1).
+
+    The teacher logits are used as given: detach them first where the method says so.
+    """
+    with torch.autocast(student_logits.device.type, enabled=False):
+        p = F.softmax(_fp32(teacher_logits) / T, dim=1)
+        log_q = F.log_softmax(_fp32(student_logits) / T, dim=1)
+        return T * T * kl_div(p, log_q, reduction)

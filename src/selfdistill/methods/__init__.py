@@ -1,0 +1,20 @@
+"""Training methods, one file each, registered by name (``selfdistill list methods``)."""
+
+from . import ce, label_smoothing  # noqa: F401  (registration)
+from .base import (
+    METHODS,
+    Method,
+    MethodContext,
+    NoOptions,
+    StepOutput,
+    build_method,
+    describe_method,
+    list_methods,
+    register_method,
+    validate_method_options,
+)
+
+__all__ = [
+    "METHODS", "Method", "MethodContext", "NoOptions", "StepOutput", "build_method", "describe_method",
+    "list_methods", "register_method", "validate_method_options",
+]

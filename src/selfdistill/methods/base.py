@@ -1,0 +1,154 @@
+"""The method interface: a registered class that turns a batch into named losses.
+
+The engine builds the data pipeline from :attr:`Method.requirements`, sums the returned losses, logs each
+term and every ``stats`` entry (averaged per epoch), checkpoints :meth:`Method.state_dict`, and optimises
+:meth:`Method.trainable_modules` along with the model. It never looks at a method's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError, from_dict
+from ..data.loader import Batch, DataRequirements
+from ..registry import Registry
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns.
+
+    ``losses`` are already weighted and are summed by the engine; ``logits``/``targets`` feed the training
+    accuracy; ``stats`` are scalar diagnostics averaged over the epoch (e.g. the fraction of pairs where the
+    anchor teaches).
+    """
+
+    losses: dict[str, Tensor]
+    logits: Tensor
+    targets: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """Facts about the run that a method may need at set-up."""
+
+    num_classes: int
+    num_train: int
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+
+class Method:
+    """Base class. Subclasses set ``Options`` (a dataclass), ``requirements`` and override
+    :meth:`training_step`; the hooks default to no-ops."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Named option sets (e.g. ``official``/``clean``), selected with ``method.preset``."""
+    requirements: ClassVar[DataRequirements] = DataRequirements()
+    passes_per_step: ClassVar[float] = 1.0
+    """Trained forward+backward passes per optimiser step, in units of the configured batch B (cost)."""
+
+    def __init__(self, options: Any, ctx: MethodContext) -> None:
+        self.opt = options
+        self.ctx = ctx
+
+    def setup(self, model: nn.Module) -> None:
+        """Called once after the model is built (create heads, teachers, memories here)."""
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Extra modules optimised with the model but not part of the exported model (auxiliary heads)."""
+        return []
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (1-based)."""
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        """Compute the named losses of one step."""
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after each optimiser step (EMA updates, caches)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state to checkpoint (memories, caches)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def list_methods() -> list[str]:
+    """Registered method names."""
+    return METHODS.names()
+
+
+def validate_method_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check a ``method:`` mapping against the method's options and return it fully resolved.
+
+    ``preset`` (if given) fills options first; explicit keys override it.
+    """
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ConfigError(f"method.name is required (one of: {', '.join(list_methods())})")
+    name = spec.pop("name")
+    cls = METHODS.get(name)
+    preset = spec.pop("preset", None)
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in cls.PRESETS:
+            raise ConfigError(f"method.preset: '{name}' has presets {sorted(cls.PRESETS) or 'none'}, got '{preset}'")
+        values.update(cls.PRESETS[preset])
+    values.update(spec)
+    opts = from_dict(cls.Options, values, "method")
+    return {"name": name, **({"preset": preset} if preset else {}), **dataclasses.asdict(opts)}
+
+
+def build_method(spec: dict[str, Any], ctx: MethodContext) -> Method:
+    """Instantiate the method named in a validated ``method:`` mapping."""
+    spec = dict(spec)
+    cls = METHODS.get(spec.pop("name"))
+    spec.pop("preset", None)
+    return cls(from_dict(cls.Options, spec, "method"), ctx)
+
+
+def describe_method(name: str) -> dict[str, Any]:
+    """Options with defaults and docs, requirements and cost of a method (for ``selfdistill list``)."""
+    cls = METHODS.get(name)
+    return {
+        "name": name,
+        "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "options": {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                    for f in dataclasses.fields(cls.Options)},
+        "requirements": dataclasses.asdict(cls.requirements),
+        "passes_per_step": cls.passes_per_step,
+        "presets": sorted(cls.PRESETS),
+    }

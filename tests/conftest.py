@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to the real datasets beside the repository and small config helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
+
+
+@pytest.fixture
+def cifar10_root() -> Path:
+    if not (CIFAR10 / "train").is_dir():
+        pytest.fail(f"the real CIFAR-10 ImageFolder copy is expected at {CIFAR10}")
+    return CIFAR10
+
+
+def synthetic_config(tmp_path: Path, **sections) -> dict:
+    """A tiny, fast run config on the synthetic dataset."""
+    cfg = {
+        "seed": 0,
+        "out": str(tmp_path / "runs"),
+        "data": {"name": "synthetic", "synthetic_size": 128, "batch_size": 32, "image_size": 16,
+                 "augment": {"crop_padding": 2}},
+        "model": {"name": "resnet8"},
+        "method": {"name": "ce"},
+        "optim": {"lr": 0.05},
+        "sched": {"name": "cosine"},
+        "train": {"epochs": 2, "device": "cpu", "tensorboard": False, "progress": "off"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg

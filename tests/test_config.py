@@ -1,0 +1,73 @@
+import pytest
+
+from selfdistill.config import ConfigError, RunConfig, parse_overrides, resolve_config
+
+
+def test_defaults_resolve():
+    cfg = resolve_config({})
+    assert isinstance(cfg, RunConfig)
+    assert cfg.method == {"name": "ce"}
+    assert cfg.data.augment.crop_padding == 4
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.batchsize'.*Did you mean 'batch_size'"):
+        resolve_config({"data": {"batchsize": 64}})
+    with pytest.raises(ConfigError, match=r"'optim\.learning_rate'"):
+        resolve_config({"optim": {"learning_rate": 0.1}})
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"data\.batch_size: expected int, got str 'big'"):
+        resolve_config({"data": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match=r"train\.amp: expected one of 'none', 'bf16', 'fp16'"):
+        resolve_config({"train": {"amp": "fp8"}})
+    with pytest.raises(ConfigError, match=r"model\.compile: expected bool"):
+        resolve_config({"model": {"compile": 1}})
+    with pytest.raises(ConfigError, match=r"sched\.milestones\[1\]: expected int"):
+        resolve_config({"sched": {"milestones": [1, "x"]}})
+
+
+def test_ints_are_accepted_for_floats():
+    assert resolve_config({"optim": {"lr": 1}}).optim.lr == 1.0
+
+
+def test_overrides_use_yaml_values_and_dotted_paths():
+    cfg = resolve_config({}, ["optim.lr=1e-3", "sched.milestones=[5, 10]", "data.augment.hflip=false",
+                              "method.name=label_smoothing", "method.epsilon=0.2"])
+    assert cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.sched.milestones == [5, 10]
+    assert cfg.data.augment.hflip is False
+    assert cfg.method == {"name": "label_smoothing", "epsilon": 0.2, "ls_form": "uniform_all"}
+    assert parse_overrides(["a.b=x y"]) == [("a.b", "x y")]
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_method_options_are_validated():
+    with pytest.raises(ConfigError, match=r"unknown config key 'method\.epsilo'.*Did you mean 'epsilon'"):
+        resolve_config({"method": {"name": "label_smoothing", "epsilo": 0.1}})
+    with pytest.raises(ConfigError, match=r"method\.ls_form: expected one of"):
+        resolve_config({"method": {"name": "label_smoothing", "ls_form": "other"}})
+    with pytest.raises(KeyError, match=r"unknown method 'lable_smoothing'.*Did you mean 'label_smoothing'"):
+        resolve_config({"method": {"name": "lable_smoothing"}})
+    with pytest.raises(ConfigError, match="has presets"):
+        resolve_config({"method": {"name": "ce", "preset": "official"}})
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("seed: 3\nmodel: {name: resnet8}\n")
+    cfg = resolve_config(ok, ["seed=4"])
+    assert cfg.seed == 4 and cfg.model.name == "resnet8"
+
+
+def test_run_name():
+    cfg = resolve_config({"model": {"name": "timm:resnet18"}, "seed": 2})
+    assert cfg.run_name() == "cifar10_timm-resnet18_ce_s2"

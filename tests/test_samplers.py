@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from selfdistill.data.samplers import PairSampler, ShuffleSampler, rank_slice
+from selfdistill.data.splits import make_splits
+
+
+def _labels(n=103, k=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, k, (n,), generator=g)
+
+
+@pytest.mark.parametrize("cls", [ShuffleSampler, PairSampler])
+def test_each_index_once_per_epoch_as_anchor(cls):
+    labels = _labels()
+    s = cls(labels, 16, drop_last=False, seed=3)
+    for epoch in (1, 2):
+        anchors = torch.cat([b.anchor for b in s.epoch(epoch)])
+        assert sorted(anchors.tolist()) == list(range(len(labels)))
+    assert len(s) == 7
+    assert not torch.equal(torch.cat([b.anchor for b in s.epoch(1)]), torch.cat([b.anchor for b in s.epoch(2)]))
+
+
+def test_drop_last_and_determinism():
+    labels = _labels()
+    s = ShuffleSampler(labels, 16, drop_last=True, seed=3)
+    plan = s.epoch(1)
+    assert len(plan) == len(s) == 6 and all(b.anchor.numel() == 16 for b in plan)
+    again = ShuffleSampler(labels, 16, drop_last=True, seed=3).epoch(1)
+    assert all(torch.equal(a.anchor, b.anchor) for a, b in zip(plan, again, strict=True))
+
+
+def test_pair_partners_share_the_label_and_cover_the_class():
+    labels = _labels(400, 4)
+    s = PairSampler(labels, 50, drop_last=False, seed=1)
+    partners = []
+    for b in s.epoch(1):
+        assert torch.equal(labels[b.partner], labels[b.anchor])
+        partners.append(b.partner)
+    # partners are drawn from the whole class: over an epoch nearly every index of the class appears
+    seen = torch.cat(partners).unique().numel()
+    assert seen > 0.5 * len(labels)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_are_disjoint_cover_and_keep_pairs(world):
+    labels = _labels(90, 3)
+    s = PairSampler(labels, 30, drop_last=False, seed=0)
+    for b in s.epoch(1):
+        shards = [b.shard(r, world) for r in range(world)]
+        assert torch.equal(torch.cat([sh.anchor for sh in shards]), b.anchor)
+        assert torch.equal(torch.cat([sh.partner for sh in shards]), b.partner)
+        for sh in shards:
+            assert torch.equal(labels[sh.anchor], labels[sh.partner])
+
+
+def test_rank_slice_matches_tensor_split():
+    for n in (0, 1, 7, 10):
+        for world in (1, 2, 3, 4):
+            parts = torch.arange(n).tensor_split(world)
+            for r in range(world):
+                assert torch.equal(torch.arange(n)[rank_slice(n, r, world)], parts[r])
+
+
+def test_splits_are_balanced_disjoint_and_seeded():
+    labels = torch.arange(1000) % 10
+    train, val = make_splits(labels, 10, val_fraction=0.1, train_subset=300, seed=0)
+    assert torch.bincount(labels[val], minlength=10).tolist() == [10] * 10
+    assert torch.bincount(labels[train], minlength=10).tolist() == [30] * 10
+    assert not set(train.tolist()) & set(val.tolist())
+    train2, val2 = make_splits(labels, 10, val_fraction=0.1, train_subset=300, seed=0)
+    assert torch.equal(train, train2) and torch.equal(val, val2)
+    train3, _ = make_splits(labels, 10, val_fraction=0.1, train_subset=300, seed=1)
+    assert not torch.equal(train, train3)
+    # the validation split does not depend on the training subset size
+    _, val_all = make_splits(labels, 10, val_fraction=0.1, train_subset=0, seed=0)
+    assert torch.equal(val, val_all)
+
+
+def test_subset_remainder_is_spread_one_per_class():
+    labels = torch.arange(1000) % 10
+    train, _ = make_splits(labels, 10, val_fraction=0.0, train_subset=23, seed=0)
+    counts = torch.bincount(labels[train], minlength=10)
+    assert counts.sum() == 23 and counts.max() - counts.min() == 1
+
+
+def test_split_errors():
+    labels = torch.arange(100) % 10
+    with pytest.raises(ValueError, match="val_fraction"):
+        make_splits(labels, 10, val_fraction=1.0, train_subset=0, seed=0)
+    with pytest.raises(ValueError, match="train_subset"):
+        make_splits(labels, 10, val_fraction=0.5, train_subset=80, seed=0)
