@@ -22,11 +22,11 @@ def synthetic_config(tmp_path: Path, **sections) -> dict:
     cfg = {
         "seed": 0,
         "out": str(tmp_path / "runs"),
-        "data": {"name": "synthetic", "synthetic_size": 128, "batch_size": 32, "image_size": 16,
+        "data": {"name": "synthetic", "synthetic_size": 512, "batch_size": 32, "image_size": 16,
                  "augment": {"crop_padding": 2}},
         "model": {"name": "resnet8"},
         "method": {"name": "ce"},
-        "optim": {"lr": 0.05},
+        "optim": {"lr": 0.1},
         "sched": {"name": "cosine"},
         "train": {"epochs": 2, "device": "cpu", "tensorboard": False, "progress": "off"},
     }

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, set_by_path
+from .config import ConfigError, config_reference, set_by_path
 from .data import DataError, list_datasets
 from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
 from .methods import describe_method, list_methods
@@ -64,6 +64,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             if args.verbose:
                 print(f"    options: {d['options']}\n    data: {d['requirements']}  passes/step: "
                       f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
+    elif args.what == "config":
+        print(config_reference())
     elif args.what == "models":
         print("\n".join(list_models(external=True)))
     else:
@@ -114,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     e.set_defaults(func=_cmd_eval)
 
-    ls = sub.add_parser("list", help="list methods, models or datasets")
-    ls.add_argument("what", choices=["methods", "models", "datasets"])
+    ls = sub.add_parser("list", help="list methods, models, datasets or config keys")
+    ls.add_argument("what", choices=["methods", "models", "datasets", "config"])
     ls.add_argument("--verbose", "-v", action="store_true", help="show each method's options and requirements")
     ls.set_defaults(func=_cmd_list)
 

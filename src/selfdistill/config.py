@@ -35,9 +35,11 @@ class AugmentConfig:
     crop_padding: int = 4
     """Zero-padding (px) for the random crop; 0 disables the crop."""
     hflip: bool = True
+    """Random horizontal flip with probability ½."""
     mean: list[float] | None = None
     """Per-channel mean in [0, 1]; ``None`` takes the dataset's default."""
     std: list[float] | None = None
+    """Per-channel std in [0, 1]; ``None`` takes the dataset's default."""
 
 
 @dataclass
@@ -45,20 +47,25 @@ class DataConfig:
     """Dataset, split and loader options."""
 
     name: str = "cifar10"
+    """Dataset source (``selfdistill list datasets``)."""
     root: str | None = None
     """Dataset folder. ``imagefolder`` needs ``train/`` and ``val/`` or ``test/`` inside it."""
     download: bool = False
+    """Let torchvision download CIFAR (needs internet)."""
     batch_size: int = 128
     """Global batch (anchors per optimiser step summed over all ranks)."""
     eval_batch_size: int = 512
+    """Batch size for evaluation."""
     train_subset: int = 0
     """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed``."""
     val_fraction: float = 0.0
     """Class-balanced fraction of the training set held out for model selection."""
     split_seed: int = 0
+    """Seed of the subset and validation split (independent of the run seed)."""
     image_size: int | None = None
     """Resize images to this square size on decode (needed when an ImageFolder's sizes differ)."""
     in_memory: Literal["auto", "always", "never"] = "auto"
+    """Hold decoded images in memory as uint8 (``auto``: when under ``memory_limit_gb``) or stream them."""
     memory_limit_gb: float = 8.0
     """``auto`` keeps a dataset in memory as uint8 when its decoded size is under this limit."""
     cache_dir: str | None = None
@@ -68,7 +75,9 @@ class DataConfig:
     num_workers: int = 4
     """DataLoader workers for streamed (not in-memory) datasets."""
     drop_last: bool = True
+    """Drop the last incomplete training batch of each epoch."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Training augmentation."""
     synthetic_size: int = 512
     """Images per split for the ``synthetic`` dataset."""
     num_classes: int | None = None
@@ -84,8 +93,11 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model constructor."""
     channels_last: bool = False
+    """Use the channels-last memory format for inputs and weights."""
     compile: bool = False
+    """Wrap the training model in ``torch.compile``."""
     sync_bn: bool = False
+    """Convert BatchNorm to SyncBatchNorm under DDP."""
 
 
 @dataclass
@@ -93,13 +105,19 @@ class OptimConfig:
     """Optimiser options."""
 
     name: Literal["sgd", "adamw"] = "sgd"
+    """Optimiser."""
     lr: float = 0.1
+    """Base learning rate (peak LR for ``onecycle``)."""
     momentum: float = 0.9
+    """SGD momentum."""
     nesterov: bool = False
+    """Nesterov momentum (SGD)."""
     weight_decay: float = 5e-4
+    """Decoupled for AdamW, L2 for SGD."""
     wd_exclude_norm_bias: bool = False
     """Apply no weight decay to normalisation weights and biases."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0 = off)."""
 
@@ -109,13 +127,17 @@ class SchedConfig:
     """Learning-rate schedule, stepped every optimiser step."""
 
     name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    """Schedule shape."""
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     """Epochs after which the LR is multiplied by ``gamma`` (multistep)."""
     gamma: float = 0.1
+    """LR factor at each milestone (multistep)."""
     warmup_epochs: float = 0.0
     """Linear warm-up length in epochs (multistep, cosine, constant)."""
     warmup_start_factor: float = 0.1
+    """Warm-up starts at this fraction of the LR."""
     min_lr: float = 0.0
+    """Final LR of the cosine schedule."""
     pct_start: float = 0.25
     """Fraction of training spent rising (onecycle)."""
 
@@ -125,17 +147,25 @@ class TrainConfig:
     """Loop options."""
 
     epochs: int = 240
+    """Training epochs."""
     device: str = "auto"
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: Literal["none", "bf16", "fp16"] = "none"
+    """Autocast precision (losses stay fp32; fp16 uses a GradScaler; fp16 on CPU falls back to bf16)."""
     ema_decay: float = 0.0
     """Keep an EMA copy of the model and evaluate it as well (0 = off)."""
     eval_every: int = 1
+    """Evaluate every N epochs (and always after the last)."""
     checkpoint_every_steps: int = 0
     """Extra mid-epoch checkpoints every N steps (0 = only at epoch ends)."""
     log_every: int = 20
+    """Refresh the progress-bar statistics every N steps."""
     progress: Literal["auto", "on", "off"] = "auto"
+    """Progress bar (``auto``: only on a terminal)."""
     tensorboard: bool = True
+    """Write TensorBoard events to ``<run>/tb``."""
     deterministic: bool = False
+    """Ask torch for deterministic kernels (warns where none exists)."""
     threads: int = 0
     """torch intra-op threads (0 = torch default)."""
 
@@ -145,16 +175,23 @@ class RunConfig:
     """A complete experiment."""
 
     seed: int = 0
+    """Seed of initialisation, data order and augmentation."""
     name: str | None = None
+    """Run directory name (default ``<dataset>_<model>_<method>_s<seed>``)."""
     out: str = "runs"
     """Parent folder of the run directory (the run goes to ``out/name``)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and loader."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Network."""
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
     """``name`` plus the method's own options (``selfdistill list methods --verbose``)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser."""
     sched: SchedConfig = field(default_factory=SchedConfig)
+    """LR schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop."""
 
     def run_name(self) -> str:
         """Run directory name: ``name`` or ``<dataset>_<model>_<method>_s<seed>``."""
@@ -308,3 +345,45 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write plain data as YAML (keys in definition order)."""
     with Path(path).open("w") as fh:
         yaml.safe_dump(data, fh, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------- reference
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal right after a field) of a dataclass, read from its source."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def config_reference() -> str:
+    """Markdown reference of every config key with its type, default and description."""
+    lines = ["# Configuration reference", "",
+             "Generated by `selfdistill list config` from `selfdistill/config.py`. Method options are listed by",
+             "`selfdistill list methods --verbose`.", ""]
+
+    def section(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        docs = _field_docs(cls)
+        rows, nested = [], []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                nested.append((tp, f"{prefix}{f.name}."))
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | `{default!r}` | {docs.get(f.name, '')} |")
+        lines.extend([f"## `{prefix.rstrip('.') or 'top level'}` — {cls.__doc__}", "",
+                      "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for tp, p in nested:
+            section(tp, p)
+
+    section(RunConfig, "")
+    return "\n".join(lines)

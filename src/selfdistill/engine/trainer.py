@@ -310,7 +310,7 @@ class Trainer:
         if bool(torch.isfinite(total)):
             return
         bad = next((k for k, v in losses.items() if not bool(torch.isfinite(v).all())), "total")
-        value = float(losses[bad]) if bad in losses else float(total)
+        value = float((losses[bad] if bad in losses else total).detach())
         ckpt = self.run_dir / CHECKPOINT
         where = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
         raise NonFiniteLossError(

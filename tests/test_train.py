@@ -1,0 +1,195 @@
+import csv
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import synthetic_config
+
+from selfdistill import evaluate, train
+from selfdistill.config import ConfigError
+from selfdistill.engine import CheckpointError, NonFiniteLossError, RunExistsError
+from selfdistill.engine import checkpoint as ckmod
+from selfdistill.engine.checkpoint import load_checkpoint
+from selfdistill.methods import METHODS, Method, StepOutput, register_method
+from selfdistill.methods.ce import CrossEntropy
+
+
+def _run_dir(cfg):
+    return f"{cfg['out']}/{cfg['name']}"
+
+
+def test_synthetic_run_writes_everything(tmp_path):
+    cfg = synthetic_config(tmp_path, data={"val_fraction": 0.25}, train={"epochs": 3})
+    s = train(cfg)
+    run = tmp_path / "runs" / "synthetic_resnet8_ce_s0"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "last.pt"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"train_loss", "train_loss_ce", "test_top1", "test_top5", "test_nll", "test_ece", "val_top1",
+            "images_per_s", "lr"} <= set(rows[0])
+    assert s["last"]["test_top1"] == pytest.approx(float(rows[-1]["test_top1"]))
+    assert s["last"]["test_top1"] > 50  # 10 classes: chance is 10 %
+    best = max(rows, key=lambda r: (float(r["val_top1"]), -int(r["epoch"])))
+    assert s["best_val"]["epoch"] == int(best["epoch"])  # chosen on validation, reported on test
+    assert s["best_val"]["test_top1"] == pytest.approx(float(best["test_top1"]))
+    assert s["num_train"] + s["num_val"] == 512
+    assert json.loads((run / "summary.json").read_text())["env"]["torch"] == torch.__version__
+    # the saved model evaluates to the logged last-epoch metrics
+    ev = evaluate(run / "last.pt")
+    assert ev["top1"] == pytest.approx(s["last"]["test_top1"]) and ev["nll"] == pytest.approx(s["last"]["test_nll"])
+
+
+def _final_weights(cfg):
+    ck = load_checkpoint(f"{_run_dir(cfg)}/last.pt")
+    return ck["model"], ck["optimizer"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(monkeypatch, steps):
+    """Make the CE method raise after ``steps`` training steps (a simulated kill)."""
+    calls = {"n": 0}
+    original = CrossEntropy.training_step
+
+    def step(self, model, batch, epoch):
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise _Interrupt
+        return original(self, model, batch, epoch)
+
+    monkeypatch.setattr(CrossEntropy, "training_step", step)
+
+
+@pytest.mark.parametrize("every_steps", [0, 3])
+def test_resume_is_exact(tmp_path, monkeypatch, every_steps):
+    small = {"synthetic_size": 128}  # 4 steps per epoch
+    base = synthetic_config(tmp_path / "a", train={"epochs": 3, "checkpoint_every_steps": every_steps}, data=small,
+                            model={"name": "wrn_16_1", "kwargs": {"drop": 0.3}}, name="resume")  # dropout: global RNG
+    train(base)
+    ref_model, ref_opt = _final_weights(base)
+
+    cut = synthetic_config(tmp_path / "b", train={"epochs": 3, "checkpoint_every_steps": every_steps}, data=small,
+                           model={"name": "wrn_16_1", "kwargs": {"drop": 0.3}}, name="resume")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 9)  # 4 steps per epoch: dies inside epoch 3 (after a mid-epoch checkpoint if any)
+        with pytest.raises(_Interrupt):
+            train(cut)
+    ck = load_checkpoint(f"{_run_dir(cut)}/last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == ((3, 1) if every_steps else (2, 0))
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(cut)
+    s = train(cut, resume=True)
+    got_model, got_opt = _final_weights(cut)
+    for k in ref_model:
+        assert torch.equal(ref_model[k], got_model[k]), k
+    assert torch.equal(ref_opt["state"][0]["momentum_buffer"], got_opt["state"][0]["momentum_buffer"])
+    rows = list(csv.DictReader(open(f"{_run_dir(cut)}/metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert s["epochs"] == 3
+
+
+def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):
+    cfg = synthetic_config(tmp_path, train={"epochs": 1})
+    train(cfg)
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.1 -> 0\.2"):
+        train(cfg, ["optim.lr=0.2"], resume=True)
+    s = train(cfg, ["train.epochs=2"], resume=True)
+    assert s["epochs"] == 2
+
+
+def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckmod.save_checkpoint({"v": torch.tensor(1)}, path)
+
+    def full_disk(obj, fh):
+        fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckmod.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"No space left.*previous checkpoint is intact.*--resume"):
+        ckmod.save_checkpoint({"v": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert int(load_checkpoint(path)["v"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+@dataclass
+class _NaNOptions:
+    at_step: int = 3
+
+
+@pytest.fixture
+def nan_method():
+    @register_method("test_nan_after")
+    class NaNAfter(Method):
+        """Cross-entropy that turns NaN at a given step (test helper)."""
+
+        Options = _NaNOptions
+
+        def setup(self, model):
+            self.calls = 0
+
+        def training_step(self, model, batch, epoch):
+            self.calls += 1
+            logits = model(batch.x)
+            ce = torch.nn.functional.cross_entropy(logits, batch.y)
+            bad = ce * float("nan") if self.calls >= self.opt.at_step else ce
+            return StepOutput({"ce": ce, "weird": bad - ce.detach()}, logits, batch.y)
+
+    yield "test_nan_after"
+    METHODS._items.pop("test_nan_after")
+
+
+def test_nan_loss_stops_with_the_step_and_term(tmp_path, nan_method):
+    cfg = synthetic_config(tmp_path, method={"name": nan_method, "at_step": 18}, name="nan")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 \(global step 18\): term 'weird'.*last good "
+                                                 r"checkpoint is .*last\.pt"):
+        train(cfg)
+    ck = load_checkpoint(tmp_path / "runs" / "nan" / "last.pt")
+    assert ck["epoch"] == 1 and torch.isfinite(torch.cat([v.flatten().float() for v in ck["model"].values()])).all()
+
+
+@pytest.mark.parametrize("optim,sched", [({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05,
+                                           "wd_exclude_norm_bias": True, "grad_clip": 1.0},
+                                          {"name": "onecycle"}),
+                                         ({"nesterov": True}, {"name": "multistep", "milestones": [1],
+                                                               "warmup_epochs": 0.5})])
+def test_optimiser_and_schedule_variants_train(tmp_path, optim, sched):
+    s = train(synthetic_config(tmp_path, optim=optim, sched=sched))
+    assert s["last"]["test_top1"] > 20
+
+
+def test_label_smoothing_amp_channels_last_and_ema(tmp_path):
+    cfg = synthetic_config(tmp_path, method={"name": "label_smoothing", "epsilon": 0.1},
+                           model={"channels_last": True}, train={"amp": "bf16", "ema_decay": 0.9})
+    s = train(cfg)
+    assert s["ema_last"] is not None and s["last"]["test_top1"] > 20
+    run = tmp_path / "runs" / "synthetic_resnet8_label_smoothing_s0"
+    ema = evaluate(run / "last.pt", ema=True)
+    assert ema["top1"] == pytest.approx(s["ema_last"]["top1"], abs=1.0)  # bf16 eval in training, fp32 here
+
+
+def test_digits_end_to_end(tmp_path):
+    cfg = synthetic_config(tmp_path, data={"name": "digits", "batch_size": 64, "augment": {"crop_padding": 1,
+                                                                                         "hflip": False}},
+                           train={"epochs": 4})
+    s = train(cfg)
+    assert s["last"]["test_top1"] > 80
+
+
+@pytest.mark.slow
+def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root):
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("runs")
+    cfg = {"out": str(out), "data": {"name": "imagefolder", "root": str(cifar10_root), "train_subset": 1000,
+                                     "val_fraction": 0.02, "batch_size": 100, "cache_dir": str(cache)},
+           "model": {"name": "resnet8"}, "optim": {"lr": 0.1}, "sched": {"name": "cosine"},
+           "train": {"epochs": 2, "device": "cpu", "progress": "off"}}
+    s = train(cfg)
+    assert s["num_train"] == 1000 and s["num_val"] == 1000 and s["num_test"] == 10000
+    assert 15 < s["last"]["test_top1"] < 100  # above chance (10 %) after 2 short epochs
+    assert len(list(cache.glob("imagefolder-*.pt"))) == 2
