@@ -71,3 +71,13 @@ def test_yaml_file_errors(tmp_path):
 def test_run_name():
     cfg = resolve_config({"model": {"name": "timm:resnet18"}, "seed": 2})
     assert cfg.run_name() == "cifar10_timm-resnet18_ce_s2"
+
+
+def test_docs_config_reference_is_up_to_date():
+    from pathlib import Path
+
+    from selfdistill.config import config_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text().strip() == config_reference().strip(), "regenerate: selfdistill list config > docs/config.md"
+    assert "|  |" not in config_reference()  # every key is described

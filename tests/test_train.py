@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import synthetic_config
 
+from conftest import synthetic_config
 from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
 from selfdistill.engine import CheckpointError, NonFiniteLossError, RunExistsError
@@ -87,7 +87,8 @@ def test_resume_is_exact(tmp_path, monkeypatch, every_steps):
     for k in ref_model:
         assert torch.equal(ref_model[k], got_model[k]), k
     assert torch.equal(ref_opt["state"][0]["momentum_buffer"], got_opt["state"][0]["momentum_buffer"])
-    rows = list(csv.DictReader(open(f"{_run_dir(cut)}/metrics.csv")))
+    with open(f"{_run_dir(cut)}/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert s["epochs"] == 3
 

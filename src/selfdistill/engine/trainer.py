@@ -34,6 +34,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed, unwrap, wra
 from .logging import CSVLog, TensorBoardLog, progress_bar
 from .metrics import MetricAccumulator, topk_correct
 from .optim import ModelEMA, build_optimizer, build_scheduler
+from .state import load_frozen_model
 
 CHECKPOINT = "last.pt"
 # keys that may differ between a run's saved config and the one it is resumed with
@@ -310,7 +311,7 @@ class Trainer:
         if bool(torch.isfinite(total)):
             return
         bad = next((k for k, v in losses.items() if not bool(torch.isfinite(v).all())), "total")
-        value = float((losses[bad] if bad in losses else total).detach())
+        value = float(losses.get(bad, total).detach())
         ckpt = self.run_dir / CHECKPOINT
         where = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
         raise NonFiniteLossError(
@@ -403,12 +404,7 @@ def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: 
     if data.classes != ck["classes"]:
         raise CheckpointError(f"the data's classes ({len(data.classes)}) differ from the checkpoint's "
                               f"({len(ck['classes'])}); evaluate on data with the same class folders")
-    model = build_model(cfg.model.name, data.num_classes, data.in_chans, **cfg.model.kwargs)
-    weights = ck["ema"] if ema else ck["model"]
-    if weights is None:
-        raise CheckpointError("this checkpoint holds no EMA model (train.ema_decay was 0)")
-    model.load_state_dict(weights)
-    model.to(device, memory_format=fmt).eval()
+    model = load_frozen_model(ck, device, ema=ema).to(memory_format=fmt)
     target = {"test": data.test, "val": data.val, "train": data.train}[split]
     if target is None:
         raise ConfigError("the run has no validation split (data.val_fraction=0)")

@@ -1,0 +1,71 @@
+"""Method state served by the engine: per-sample memories and frozen teachers (methods.md §0.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .distributed import DistInfo
+
+
+class SampleMemory:
+    """An ``N × K`` table indexed by dataset index (e.g. PS-KD's past predictions), checkpointed with the method.
+
+    Under DDP, :meth:`write` gathers the rows written by every rank, so all ranks hold the same table.
+    """
+
+    def __init__(self, num_samples: int, width: int, device: torch.device | str = "cpu",
+                 fill: float = 0.0, dist_info: DistInfo | None = None) -> None:
+        self.table = torch.full((num_samples, width), fill, device=device)
+        self.dist = dist_info or DistInfo()
+
+    def read(self, index: Tensor) -> Tensor:
+        """Rows for ``index`` (a copy)."""
+        return self.table[index].clone()
+
+    @torch.no_grad()
+    def write(self, index: Tensor, values: Tensor) -> None:
+        """Store ``values`` (detached, as the table's dtype) at ``index`` on every rank."""
+        values = values.detach().to(self.table.dtype)
+        if self.dist.enabled:
+            idx = [torch.empty_like(index) for _ in range(self.dist.world)]
+            vals = [torch.empty_like(values) for _ in range(self.dist.world)]
+            dist.all_gather(idx, index.contiguous())
+            dist.all_gather(vals, values.contiguous())
+            index, values = torch.cat(idx), torch.cat(vals)
+        self.table[index] = values
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Checkpoint form."""
+        return {"table": self.table}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state["table"].shape != self.table.shape:
+            raise CheckpointError(f"sample memory shape {tuple(state['table'].shape)} does not match this run's "
+                                  f"{tuple(self.table.shape)}")
+        self.table.copy_(state["table"])
+
+
+def load_frozen_model(checkpoint: str | Path | dict[str, Any], device: torch.device | str = "cpu",
+                      ema: bool = False) -> nn.Module:
+    """Rebuild a run's model from its checkpoint (a path or a loaded checkpoint), frozen: eval mode, no
+    gradients (a teacher)."""
+    from ..models import build_model
+
+    ck = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, device)
+    model_cfg = ck["config"]["model"]
+    model = build_model(model_cfg["name"], len(ck["classes"]), ck["in_chans"], **model_cfg["kwargs"])
+    weights = ck["ema"] if ema else ck["model"]
+    if weights is None:
+        raise CheckpointError("the checkpoint holds no EMA model (its run had train.ema_decay = 0)")
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
