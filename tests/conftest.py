@@ -28,7 +28,7 @@ def synthetic_config(tmp_path: Path, **sections) -> dict:
         "method": {"name": "ce"},
         "optim": {"lr": 0.1},
         "sched": {"name": "cosine"},
-        "train": {"epochs": 2, "device": "cpu", "tensorboard": False, "progress": "off"},
+        "train": {"epochs": 2, "device": "cpu", "tensorboard": False, "progress": False},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value

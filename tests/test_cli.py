@@ -27,7 +27,7 @@ def test_help_everywhere():
 def test_train_eval_and_user_errors(tmp_path, capsys):
     cfg = {"data": {"name": "synthetic", "synthetic_size": 256, "batch_size": 32, "image_size": 16},
            "model": {"name": "resnet8"}, "optim": {"lr": 0.1}, "sched": {"name": "cosine"},
-           "train": {"epochs": 1, "device": "cpu", "progress": "off", "tensorboard": True}}
+           "train": {"epochs": 1, "device": "cpu", "progress": False, "tensorboard": True}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = str(tmp_path / "runs")

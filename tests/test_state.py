@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import synthetic_config
 
+from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.engine import CheckpointError, SampleMemory, load_frozen_model
 from selfdistill.engine.checkpoint import atomic_save, load_checkpoint

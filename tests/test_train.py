@@ -189,7 +189,7 @@ def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root):
     cfg = {"out": str(out), "data": {"name": "imagefolder", "root": str(cifar10_root), "train_subset": 1000,
                                      "val_fraction": 0.02, "batch_size": 100, "cache_dir": str(cache)},
            "model": {"name": "resnet8"}, "optim": {"lr": 0.1}, "sched": {"name": "cosine"},
-           "train": {"epochs": 2, "device": "cpu", "progress": "off"}}
+           "train": {"epochs": 2, "device": "cpu", "progress": False}}
     s = train(cfg)
     assert s["num_train"] == 1000 and s["num_val"] == 1000 and s["num_test"] == 10000
     assert 15 < s["last"]["test_top1"] < 100  # above chance (10 %) after 2 short epochs

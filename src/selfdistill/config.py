@@ -161,8 +161,8 @@ class TrainConfig:
     """Extra mid-epoch checkpoints every N steps (0 = only at epoch ends)."""
     log_every: int = 20
     """Refresh the progress-bar statistics every N steps."""
-    progress: Literal["auto", "on", "off"] = "auto"
-    """Progress bar (``auto``: only on a terminal)."""
+    progress: bool | Literal["auto"] = "auto"
+    """Progress bar: ``auto`` (only on a terminal), ``true``/``on`` or ``false``/``off``."""
     tensorboard: bool = True
     """Write TensorBoard events to ``<run>/tb``."""
     deterministic: bool = False

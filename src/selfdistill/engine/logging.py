@@ -71,7 +71,7 @@ class TensorBoardLog:
             self.writer.close()
 
 
-def progress_bar(total: int, initial: int, desc: str, mode: str, enabled: bool) -> tqdm:
-    """A tqdm bar over an epoch's steps (``mode`` auto shows it only on a terminal)."""
-    show = enabled and (mode == "on" or (mode == "auto" and sys.stderr.isatty()))
+def progress_bar(total: int, initial: int, desc: str, mode: bool | str, enabled: bool) -> tqdm:
+    """A tqdm bar over an epoch's steps (``mode`` ``auto`` shows it only on a terminal)."""
+    show = enabled and (sys.stderr.isatty() if mode == "auto" else bool(mode))
     return tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True, leave=False)
