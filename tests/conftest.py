@@ -10,6 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
 
 
+@pytest.fixture(scope="session")
+def cifar10_cache(tmp_path_factory) -> Path:
+    """One decode cache for every test that reads the real CIFAR-10 (the first decode takes ~15 s)."""
+    return tmp_path_factory.mktemp("cifar10_cache")
+
+
 @pytest.fixture
 def cifar10_root() -> Path:
     if not (CIFAR10 / "train").is_dir():

@@ -119,7 +119,7 @@ def test_rank_shards_reassemble_the_global_batch():
              for r in range(2)]
     assert torch.equal(torch.cat([p.x for p in parts]), whole.x)
     assert torch.equal(torch.cat([p.index for p in parts]), whole.index)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="multiple of the world size"):
         DataModule(DataConfig(name="synthetic", batch_size=15), world=2).train_loader(DataRequirements(), 0)
 
 

@@ -183,8 +183,8 @@ def test_digits_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root):
-    cache = tmp_path_factory.mktemp("cache")
+def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root, cifar10_cache):
+    cache = cifar10_cache
     out = tmp_path_factory.mktemp("runs")
     cfg = {"out": str(out), "data": {"name": "imagefolder", "root": str(cifar10_root), "train_subset": 1000,
                                      "val_fraction": 0.02, "batch_size": 100, "cache_dir": str(cache)},

@@ -16,7 +16,8 @@ def _fp32(x: Tensor) -> Tensor:
     return x.float()
 
 
-def _reduce(per_row: Tensor, reduction: KLReduction, num_classes: int) -> Tensor:
+def reduce_rows(per_row: Tensor, reduction: KLReduction, num_classes: int) -> Tensor:
+    """Reduce per-row divergences: ``batchmean`` (/B), ``elementwise_mean`` (/(B·K)) or ``sum``."""
     if reduction == "batchmean":
         return per_row.sum() / per_row.shape[0]
     if reduction == "elementwise_mean":
@@ -38,12 +39,24 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
         return -(_fp32(target_probs) * F.log_softmax(_fp32(logits), dim=1)).sum(1).mean()
 
 
-def kl_div(target_probs: Tensor, log_q: Tensor, reduction: KLReduction = "batchmean") -> Tensor:
-    """``KL(p‖q) = Σ_c p_c (log p_c − log q_c)`` from target probabilities and trained log-probabilities."""
+def kl_rows(target_probs: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row ``KL(p‖q) = Σ_c p_c (log p_c − log q_c)`` from target probabilities and trained log-probabilities."""
     with torch.autocast(log_q.device.type, enabled=False):
         p = _fp32(target_probs)
-        per_row = (torch.xlogy(p, p) - p * _fp32(log_q)).sum(1)
-        return _reduce(per_row, reduction, p.shape[1])
+        return (torch.xlogy(p, p) - p * _fp32(log_q)).sum(1)
+
+
+def kl_div(target_probs: Tensor, log_q: Tensor, reduction: KLReduction = "batchmean") -> Tensor:
+    """``KL(p‖q)`` reduced over rows (``batchmean``, ``elementwise_mean`` = /(B·K), or ``sum``)."""
+    return reduce_rows(kl_rows(target_probs, log_q), reduction, target_probs.shape[1])
+
+
+def kd_rows(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0) -> Tensor:
+    """Per-row ``T² · KL(σ_T(t) ‖ σ_T(s))``; the teacher logits are used as given (detach them where needed)."""
+    with torch.autocast(student_logits.device.type, enabled=False):
+        p = F.softmax(_fp32(teacher_logits) / T, dim=1)
+        log_q = F.log_softmax(_fp32(student_logits) / T, dim=1)
+        return T * T * kl_rows(p, log_q)
 
 
 def kd_loss(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0,
@@ -52,7 +65,4 @@ def kd_loss(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0,
 
     The teacher logits are used as given: detach them first where the method says so.
     """
-    with torch.autocast(student_logits.device.type, enabled=False):
-        p = F.softmax(_fp32(teacher_logits) / T, dim=1)
-        log_q = F.log_softmax(_fp32(student_logits) / T, dim=1)
-        return T * T * kl_div(p, log_q, reduction)
+    return reduce_rows(kd_rows(teacher_logits, student_logits, T), reduction, student_logits.shape[1])

@@ -21,6 +21,9 @@ class Batch:
 
     ``x`` is the first augmented view (normalised float), ``views`` all ``n`` views (``views[0] is x``),
     ``index`` the dataset indices, ``partner`` the same-class partners' batch under the class-pair sampler.
+    ``seed`` is a per-step seed, equal on every rank: a method that draws random numbers for the batch draws
+    them for all ``global_size`` rows from ``generator()`` and keeps ``rows``, its rank's slice, so results do
+    not depend on the world size and a resumed run draws the same numbers.
     """
 
     x: Tensor
@@ -28,6 +31,13 @@ class Batch:
     index: Tensor
     views: list[Tensor] = field(default_factory=list)
     partner: Batch | None = None
+    seed: int = 0
+    global_size: int = -1
+    rows: slice = field(default_factory=lambda: slice(None))
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with this step's seed."""
+        return torch.Generator().manual_seed(self.seed)
 
     def __len__(self) -> int:
         return self.y.numel()
@@ -41,10 +51,13 @@ class DataRequirements:
     """``shuffle`` or ``pair`` (class-pair sampler: anchors plus same-class partners)."""
     views: int = 1
     """Independently augmented views per image."""
+    batch_scale: float = 1.0
+    """Anchors per step as a fraction of ``data.batch_size`` (e.g. ½ when partners count towards the batch)."""
 
 
-def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**63))
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of one training step's random draws (augmentation uses it, methods use it + 1)."""
+    return (seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**62)
 
 
 class DataModule:
@@ -85,10 +98,11 @@ class DataModule:
         """Batches for a method's declared requirements."""
         if req.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{req.sampler}' (known: {', '.join(SAMPLERS)})")
-        if self.cfg.batch_size % self.world:
-            raise ValueError(f"data.batch_size={self.cfg.batch_size} is the global batch and must be divisible by "
-                             f"the world size {self.world}")
-        sampler = SAMPLERS[req.sampler](self.train.labels, self.cfg.batch_size, self.cfg.drop_last, seed)
+        batch = round(self.cfg.batch_size * req.batch_scale)
+        if batch < 1 or batch % self.world:
+            raise ValueError(f"{batch} anchors per step (data.batch_size={self.cfg.batch_size} × {req.batch_scale}) "
+                             f"is the global batch and must be a positive multiple of the world size {self.world}")
+        sampler = SAMPLERS[req.sampler](self.train.labels, batch, self.cfg.drop_last, seed)
         return TrainLoader(self, sampler, req.views, seed)
 
     def _prepare(self, images_u8: Tensor) -> Tensor:
@@ -136,13 +150,15 @@ class TrainLoader:
 
     def _assemble(self, ib: IndexBatch, epoch: int, step: int) -> Batch:
         d = self.data
-        gen = _step_generator(self.seed, epoch, step)
+        seed = step_seed(self.seed, epoch, step)
+        gen = torch.Generator().manual_seed(seed)
         n = ib.anchor.numel()
         sl = rank_slice(n, d.rank, d.world)
         local = ib.shard(d.rank, d.world)
         batch = self._batch(local.anchor, self._draw(gen, n), sl)
         if local.partner is not None:
             batch.partner = self._batch(local.partner, self._draw(gen, n), sl)
+        batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
         return batch
 
     def _draw(self, gen: torch.Generator, n: int) -> list:

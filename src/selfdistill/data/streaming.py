@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .samplers import IndexBatch
+from .samplers import IndexBatch, rank_slice
 from .sources import DataError, Split
 
 if TYPE_CHECKING:
@@ -61,14 +61,15 @@ def _loader(data: DataModule, dataset: Dataset, batches, generator: torch.Genera
 
 def train_batches(loader: TrainLoader, plan: list[IndexBatch], epoch: int, start_step: int) -> Iterator[Batch]:
     """This rank's batches of a streamed epoch; pairs are fetched as one index list and split again."""
-    from .loader import Batch
+    from .loader import Batch, step_seed
 
     data = loader.data
     local = [ib.shard(data.rank, data.world) for ib in plan[start_step:]]
     lists = [ib.anchor.tolist() + ([] if ib.partner is None else ib.partner.tolist()) for ib in local]
     dataset = FileDataset(data.train, _transforms(data, train=True), loader.views)
     gen = torch.Generator().manual_seed(loader.seed * 1_000_003 + epoch)
-    for ib, (x, y, idx) in zip(local, _loader(data, dataset, lists, gen), strict=True):
+    for step, ib, (x, y, idx) in zip(range(start_step, len(plan)), local, _loader(data, dataset, lists, gen),
+                                     strict=True):
         x = x.to(data.device, non_blocking=True)
         y, idx = y.to(data.device), idx.to(data.device)
         parts = [slice(0, ib.anchor.numel())]
@@ -80,6 +81,9 @@ def train_batches(loader: TrainLoader, plan: list[IndexBatch], epoch: int, start
             made.append(Batch(views[0], y[p], idx[p], views))
         if len(made) == 2:
             made[0].partner = made[1]
+        n = plan[step].anchor.numel()
+        made[0].seed, made[0].global_size = step_seed(loader.seed, epoch, step) + 1, n
+        made[0].rows = rank_slice(n, data.rank, data.world)
         yield made[0]
 
 

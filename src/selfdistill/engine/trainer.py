@@ -20,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..config import ConfigError, RunConfig, resolve_config, save_yaml, to_dict
 from ..data import DataModule
-from ..methods import METHODS, MethodContext, build_method
+from ..methods import MethodContext, build_method, method_options
 from ..models import build_model
 from .checkpoint import (
     CheckpointError,
@@ -114,7 +114,9 @@ class Trainer:
         self.data = DataModule(cfg.data, self.device, self.dist.rank, self.dist.world, fmt)
         self.model: nn.Module = build_model(cfg.model.name, self.data.num_classes, self.data.in_chans,
                                             **cfg.model.kwargs).to(self.device, memory_format=fmt)
-        self.loader = self.data.train_loader(METHODS.get(cfg.method["name"]).requirements, cfg.seed)
+        method_cls, method_opts = method_options(cfg.method)
+        self.cost = method_cls.cost(method_opts)
+        self.loader = self.data.train_loader(method_cls.data_requirements(method_opts), cfg.seed)
         self.steps_per_epoch = len(self.loader)
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
                             self.device, self.dist.rank, self.dist.world)
@@ -374,7 +376,8 @@ class Trainer:
             "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
             "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
             else math.nan,
-            "passes_per_step": type(self.method).passes_per_step,
+            "passes_per_step": self.cost,
+            "steps_per_epoch": self.steps_per_epoch,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "num_train": len(self.data.train),
             "num_val": 0 if self.data.val is None else len(self.data.val),

@@ -1,6 +1,6 @@
 """Training methods, one file each, registered by name (``selfdistill list methods``)."""
 
-from . import ce, label_smoothing  # noqa: F401  (registration)
+from . import ce, ips, label_smoothing  # noqa: F401  (registration)
 from .base import (
     METHODS,
     Method,
@@ -10,11 +10,12 @@ from .base import (
     build_method,
     describe_method,
     list_methods,
+    method_options,
     register_method,
     validate_method_options,
 )
 
 __all__ = [
     "METHODS", "Method", "MethodContext", "NoOptions", "StepOutput", "build_method", "describe_method",
-    "list_methods", "register_method", "validate_method_options",
+    "list_methods", "method_options", "register_method", "validate_method_options",
 ]

@@ -68,6 +68,16 @@ class Method:
         self.opt = options
         self.ctx = ctx
 
+    @classmethod
+    def data_requirements(cls, options: Any) -> DataRequirements:
+        """The data this method needs under ``options`` (default: the class's ``requirements``)."""
+        return cls.requirements
+
+    @classmethod
+    def cost(cls, options: Any) -> float:
+        """Trained forward+backward passes per step under ``options``, in units of B (default ``passes_per_step``)."""
+        return cls.passes_per_step
+
     def setup(self, model: nn.Module) -> None:
         """Called once after the model is built (create heads, teachers, memories here)."""
 
@@ -132,12 +142,18 @@ def validate_method_options(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **({"preset": preset} if preset else {}), **dataclasses.asdict(opts)}
 
 
-def build_method(spec: dict[str, Any], ctx: MethodContext) -> Method:
-    """Instantiate the method named in a validated ``method:`` mapping."""
+def method_options(spec: dict[str, Any]) -> tuple[type[Method], Any]:
+    """The method class and its options object for a validated ``method:`` mapping."""
     spec = dict(spec)
     cls = METHODS.get(spec.pop("name"))
     spec.pop("preset", None)
-    return cls(from_dict(cls.Options, spec, "method"), ctx)
+    return cls, from_dict(cls.Options, spec, "method")
+
+
+def build_method(spec: dict[str, Any], ctx: MethodContext) -> Method:
+    """Instantiate the method named in a validated ``method:`` mapping."""
+    cls, opts = method_options(spec)
+    return cls(opts, ctx)
 
 
 def describe_method(name: str) -> dict[str, Any]:

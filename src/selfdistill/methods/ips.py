@@ -1,0 +1,250 @@
+"""Intra-class Patch Swap (IPS), the library's headline method (methods.md §1).
+
+Two images of the same class swap a random set of grid cells at the same positions; the network sees both
+swapped images, and for each pair the more confident view is a detached teacher for the other through a KD term.
+One network, no extra parameters; inference is a plain forward of the clean image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..augment import box_mask, cell_counts, cells_to_mask, draw_ratios, sample_cells, swap_with_mask
+from ..config import ConfigError
+from ..data.loader import Batch, DataRequirements
+from ..losses import KLReduction, cross_entropy, kd_rows, reduce_rows
+from .base import Method, StepOutput, register_method
+
+
+@dataclass
+class IPSOptions:
+    """IPS options (methods.md §1.6); defaults per §1.7."""
+
+    partner_source: Literal["sampler", "inbatch"] = "sampler"
+    """``sampler``: B anchors + B same-class partners (2B images); ``inbatch``: pair same-class images inside an
+    ordinary batch (B images, up to B/2 pairs)."""
+    inbatch_fallback: Literal["mask", "self"] = "mask"
+    """``inbatch`` images without a same-class partner: ``mask`` = CE only, ``self`` = paired with themselves."""
+    layout: Literal["grid", "box"] = "grid"
+    """``grid``: k random cells of a g×g grid; ``box``: one rectangle of area ≈ r·HW at the same place."""
+    grid: int = 4
+    """Cells per side (4 on 32-px images gives 8-px cells)."""
+    patch_size: int | None = None
+    """Cell side in pixels; when set it overrides ``grid`` (g = round(H / patch_size))."""
+    ratio_dist: Literal["uniform", "fixed", "beta"] = "uniform"
+    """Distribution of the per-pair swap ratio r."""
+    ratio_low: float = 0.0
+    """``uniform``: lower bound; ``fixed``: the ratio."""
+    ratio_high: float = 1.0
+    """``uniform``: upper bound."""
+    beta_a: float = 1.0
+    """``beta``: first shape parameter."""
+    beta_b: float = 1.0
+    """``beta``: second shape parameter."""
+    k_min: int = 0
+    """Fewest cells swapped in a pair."""
+    k_max: int | None = None
+    """Most cells swapped in a pair (default g²)."""
+    mask_per: Literal["pair", "batch"] = "pair"
+    """``batch`` reuses the first pair's mask for every pair."""
+    p_swap: float = 1.0
+    """Probability that a pair is swapped at all."""
+    kd_on_unswapped: bool = True
+    """Distil pairs that were not swapped (two real same-class images) by the same rule."""
+    teacher_rule: Literal["confidence", "symmetric", "always_a"] = "confidence"
+    """Who teaches: the more confident view, both ways, or always the anchor-side image."""
+    symmetric_reduce: Literal["mean", "sum"] = "mean"
+    """``symmetric``: average (½·(…)) or sum of the two directions."""
+    conf_measure: Literal["gt_prob", "max_prob", "margin", "neg_entropy"] = "gt_prob"
+    """Confidence used by ``confidence``: p_y, max_c p_c, z_y − max_{c≠y} z_c, or Σ p log p. Ties: a teaches."""
+    min_conf_gap: float = 0.0
+    """Pairs whose confidence gap is below this get no KD term (the mean still divides by all pairs)."""
+    detach_teacher: bool = True
+    """Stop gradients through the teacher logits."""
+    T: float = 4.0
+    """Distillation temperature."""
+    lambda_kd: float = 1.0
+    """Weight of the KD term."""
+    kd_warmup_epochs: int = 0
+    """Linear ramp of λ: λ(e) = λ·min(1, (e−1)/w) for 1-based epoch e (0 = constant)."""
+    ce_inputs: Literal["swapped", "swapped+original"] = "swapped"
+    """Images under the CE term; ``+original`` also forwards the two unswapped images (2B more)."""
+    ce_reduce: Literal["mean_of_two", "sum"] = "mean_of_two"
+    """CE over the forwarded groups: their mean (½[CE(z_a)+CE(z_b)]) or their sum."""
+    forward: Literal["joint", "separate"] = "joint"
+    """One forward of all images (shared BatchNorm statistics) or one per group."""
+    batch_counts: Literal["anchors", "images"] = "anchors"
+    """``data.batch_size`` counts anchors (2B images per step) or images (B/2 anchors + B/2 partners)."""
+    kl_reduction: KLReduction = "batchmean"
+    """Reduction of the KD term over pairs."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.p_swap <= 1.0, "method.p_swap must be in [0, 1]"),
+            (0.0 <= self.ratio_low <= self.ratio_high <= 1.0, "method.ratio_low <= ratio_high must lie in [0, 1]"),
+            (self.grid >= 1 and (self.patch_size is None or self.patch_size >= 1), "grid/patch_size must be >= 1"),
+            (self.T > 0 and self.lambda_kd >= 0, "method.T must be > 0 and lambda_kd >= 0"),
+            (self.k_min >= 0 and (self.k_max is None or self.k_max >= self.k_min), "need 0 <= k_min <= k_max"),
+            (self.partner_source == "sampler" or self.batch_counts == "anchors",
+             "method.batch_counts=images needs partner_source=sampler"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def confidence(logits: Tensor, y: Tensor, measure: str) -> Tensor:
+    """Per-row confidence of ``logits`` for labels ``y`` (fp32, no gradient)."""
+    with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
+        z = logits.float()
+        if measure == "margin":
+            others = z.scatter(1, y[:, None], float("-inf"))
+            return z.gather(1, y[:, None]).squeeze(1) - others.max(1).values
+        p = F.softmax(z, 1)
+        if measure == "gt_prob":
+            return p.gather(1, y[:, None]).squeeze(1)
+        if measure == "max_prob":
+            return p.max(1).values
+        return torch.xlogy(p, p).sum(1)  # neg_entropy
+
+
+def ips_kd(za: Tensor, zb: Tensor, y: Tensor, opt: IPSOptions, weight: Tensor | None = None
+           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The IPS distillation term over pairs ``(za[i], zb[i])`` with label ``y[i]`` (§1.4), and diagnostics.
+
+    ``weight`` (0/1 per pair) removes pairs from the KD term; the reduction still divides by all pairs.
+    """
+    ca, cb = confidence(za, y, opt.conf_measure), confidence(zb, y, opt.conf_measure)
+    gap = (ca - cb).abs()
+    keep = torch.ones_like(gap) if weight is None else weight.float()
+    if opt.min_conf_gap > 0:
+        keep = keep * (gap >= opt.min_conf_gap).float()
+
+    def teacher(z: Tensor) -> Tensor:
+        return z.detach() if opt.detach_teacher else z
+
+    if opt.teacher_rule == "symmetric":
+        rows = kd_rows(teacher(za), zb, opt.T) + kd_rows(teacher(zb), za, opt.T)
+        rows = rows / 2 if opt.symmetric_reduce == "mean" else rows
+        a_teaches = torch.full_like(gap, 0.5)
+    else:
+        a_teaches = (ca >= cb) if opt.teacher_rule == "confidence" else torch.ones_like(gap, dtype=torch.bool)
+        zt = torch.where(a_teaches[:, None], za, zb)
+        zs = torch.where(a_teaches[:, None], zb, za)
+        rows = kd_rows(teacher(zt), zs, opt.T)
+        a_teaches = a_teaches.float()
+    kd = reduce_rows(rows * keep, opt.kl_reduction, za.shape[1])
+    stats = {"a_teaches": a_teaches.mean(), "conf_gap": gap.mean(), "kd_pairs": keep.mean()}
+    return kd, stats
+
+
+def inbatch_pairs(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Pair same-class rows of a batch: shuffle each class's rows and pair neighbours.
+
+    Returns ``(a, b, unpaired)`` row indices; every row is in at most one pair.
+    """
+    n = y.numel()
+    noise = torch.randperm(n, generator=generator).to(y.device)
+    order = torch.argsort(y * n + noise)
+    ys = y[order]
+    idx = torch.arange(n, device=y.device)
+    new_class = torch.ones(n, dtype=torch.bool, device=y.device)
+    new_class[1:] = ys[1:] != ys[:-1]
+    start = torch.cummax(torch.where(new_class, idx, torch.zeros_like(idx)), 0).values
+    even = (idx - start) % 2 == 0
+    has_next = torch.zeros(n, dtype=torch.bool, device=y.device)
+    has_next[:-1] = ys[1:] == ys[:-1]
+    first = even & has_next
+    return order[first], order[first.nonzero().flatten() + 1], order[even & ~has_next]
+
+
+@register_method("ips")
+class IntraClassPatchSwap(Method):
+    """Intra-class Patch Swap: same-class pairs swap patches; the more confident view teaches the other."""
+
+    Options = IPSOptions
+    requirements = DataRequirements(sampler="pair")
+    passes_per_step = 2.0
+
+    @classmethod
+    def data_requirements(cls, options: IPSOptions) -> DataRequirements:
+        if options.partner_source == "inbatch":
+            return DataRequirements()
+        return DataRequirements(sampler="pair", batch_scale=0.5 if options.batch_counts == "images" else 1.0)
+
+    @classmethod
+    def cost(cls, options: IPSOptions) -> float:
+        base = 2.0 if options.partner_source == "sampler" else 1.0
+        scale = 0.5 if options.batch_counts == "images" else 1.0
+        return base * scale * (2 if options.ce_inputs == "swapped+original" else 1)
+
+    def kd_weight(self, epoch: int) -> float:
+        """λ(e) with the optional linear warm-up."""
+        w = self.opt.kd_warmup_epochs
+        return self.opt.lambda_kd * (min(1.0, (epoch - 1) / w) if w > 0 else 1.0)
+
+    def masks(self, batch: Batch, n_global: int, rows: slice, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags for this rank's pairs, drawn for
+        all ``n_global`` pairs of the step from the step's seed."""
+        o = self.opt
+        gen = batch.generator()
+        ratios = draw_ratios(n_global, o.ratio_dist, o.ratio_low, o.ratio_high, o.beta_a, o.beta_b, gen)
+        if o.layout == "grid":
+            g = o.grid if o.patch_size is None else max(1, round(height / o.patch_size))
+            cells = sample_cells(cell_counts(ratios, g, o.k_min, o.k_max), g, gen)
+            mask = cells_to_mask(cells, height, width)
+        else:
+            mask = box_mask(ratios, height, width, gen)
+        if o.mask_per == "batch":
+            mask = mask[:1].expand_as(mask)
+        swapped = torch.rand(n_global, generator=gen) < o.p_swap
+        mask = mask & swapped[:, None, None, None]
+        return mask[rows].to(batch.x.device), swapped[rows].to(batch.x.device)
+
+    def _forward(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
+        if self.opt.forward == "joint":
+            return list(model(torch.cat(groups)).split([len(g) for g in groups]))
+        return [model(g) for g in groups]
+
+    def _ce(self, logits: list[Tensor], targets: list[Tensor]) -> Tensor:
+        terms = [cross_entropy(z, t) for z, t in zip(logits, targets, strict=True) if len(t)]
+        total = torch.stack(terms).sum()
+        if self.opt.ce_reduce == "sum":
+            return total
+        # mean over images, which is ½[CE(z_a)+CE(z_b)] when every group has the same size
+        sizes = torch.tensor([len(t) for t in targets if len(t)], dtype=total.dtype, device=total.device)
+        return (torch.stack(terms) * sizes).sum() / sizes.sum()
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        h, w = batch.x.shape[-2:]
+        if o.partner_source == "sampler":
+            xa, xb, y = batch.x, batch.partner.x, batch.y
+            extra_x, extra_y = batch.x[:0], batch.y[:0]
+            n_global = batch.global_size if batch.global_size > 0 else len(y)
+            mask, swapped = self.masks(batch, n_global, batch.rows, h, w)
+        else:
+            ia, ib, lone = inbatch_pairs(batch.y, batch.generator())
+            if o.inbatch_fallback == "self":
+                ia, ib, lone = torch.cat([ia, lone]), torch.cat([ib, lone]), lone[:0]
+            xa, xb, y = batch.x[ia], batch.x[ib], batch.y[ia]
+            extra_x, extra_y = batch.x[lone], batch.y[lone]
+            mask, swapped = self.masks(batch, len(y), slice(None), h, w)
+        xa_s, xb_s = swap_with_mask(xa, xb, mask)
+        groups, targets = [xa_s, xb_s, extra_x], [y, y, extra_y]
+        if o.ce_inputs == "swapped+original":
+            groups, targets = [*groups, xa, xb], [*targets, y, y]
+        logits = self._forward(model, groups)
+        za, zb = logits[0], logits[1]
+        weight = None if o.kd_on_unswapped else swapped
+        kd, stats = ips_kd(za, zb, y, o, weight)
+        stats["swap_frac"] = mask.float().mean() if len(mask) else torch.zeros((), device=batch.x.device)
+        stats["kd_raw"] = kd.detach()
+        losses = {"ce": self._ce(logits, targets), "kd": self.kd_weight(epoch) * kd}
+        return StepOutput(losses, torch.cat(logits[:3]), torch.cat(targets[:3]),
+                          {k: v.detach() for k, v in stats.items()})

@@ -1,0 +1,280 @@
+"""IPS: the swap (methods.md §1.11 invariants), the loss (golden values, gradients) and end-to-end training."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import synthetic_config
+from selfdistill import evaluate, train
+from selfdistill.augment import cell_counts, cells_to_mask, patch_swap, sample_cells, swap_with_mask
+from selfdistill.config import ConfigError, resolve_config
+from selfdistill.data import Batch, normalize
+from selfdistill.methods import MethodContext, build_method
+from selfdistill.methods.ips import IPSOptions, confidence, inbatch_pairs, ips_kd
+from selfdistill.models import build_model
+
+
+def _pair(n=5, c=3, h=10, w=7, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return (torch.randint(0, 256, (n, c, h, w), generator=g, dtype=dtype),
+                torch.randint(0, 256, (n, c, h, w), generator=g, dtype=dtype))
+    return torch.randn(n, c, h, w, generator=g).to(dtype), torch.randn(n, c, h, w, generator=g).to(dtype)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------- the swap
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.bfloat16])
+def test_conservation_and_boolean_select(dtype):  # invariant 1
+    xa, xb = _pair(dtype=dtype)
+    sa, sb, mask = patch_swap(xa, xb, grid=3, ratio=(0.0, 1.0), generator=_gen())
+    assert sa.dtype == dtype and mask.dtype == torch.bool and mask.shape == (5, 1, 10, 7)
+    if dtype != torch.uint8:  # uint8 sums overflow; the pixel-set check below covers it
+        assert torch.equal(sa + sb, xa + xb)
+    from_a = (sa == xa) & (sb == xb)
+    from_b = (sa == xb) & (sb == xa)
+    assert (from_a | from_b).all()  # every pixel is bit-identical to a source, the pair exchanged as a set
+    m = mask.expand_as(xa)
+    assert torch.equal(sa[m], xb[m]) and torch.equal(sa[~m], xa[~m])
+
+
+def test_mask_is_constant_per_cell_and_has_exactly_k_cells():  # invariant 2
+    g, h, w = 4, 10, 13  # sizes not divisible by the grid
+    ratios = torch.tensor([0.0, 0.1, 0.5, 0.77, 1.0])
+    k = cell_counts(ratios, g)
+    assert k.tolist() == [0, 2, 8, 12, 16]  # round(r·g²)
+    cells = sample_cells(k, g, _gen())
+    assert cells.sum((1, 2)).tolist() == k.tolist()
+    mask = cells_to_mask(cells, h, w)[:, 0]
+    rows = [range(i * h // g, (i + 1) * h // g) for i in range(g)]
+    cols = [range(j * w // g, (j + 1) * w // g) for j in range(g)]
+    for n in range(len(k)):
+        area = 0
+        for i in range(g):
+            for j in range(g):
+                block = mask[n][rows[i][0]:rows[i][-1] + 1, cols[j][0]:cols[j][-1] + 1]
+                assert block.all() == cells[n, i, j] and block.any() == cells[n, i, j]  # constant on the cell
+                area += block.numel() * int(cells[n, i, j])
+        assert int(mask[n].sum()) == area
+    assert cell_counts(torch.tensor([0.01, 0.99]), g, k_min=1, k_max=15).tolist() == [1, 15]
+
+
+def test_no_swap_cases_and_complementary_masks():  # invariant 3
+    xa, xb = _pair()
+    for kwargs in ({"ratio": 0.0}, {"ratio": (0.2, 0.9), "p": 0.0}):
+        sa, sb, mask = patch_swap(xa, xb, grid=4, generator=_gen(), **kwargs)
+        assert torch.equal(sa, xa) and torch.equal(sb, xb) and not mask.any()
+    _, _, mask = patch_swap(xa, xb, grid=4, ratio=0.5, generator=_gen())
+    sa, sb = swap_with_mask(xa, xb, mask)
+    ca, cb = swap_with_mask(xa, xb, ~mask)
+    assert torch.equal(sa, cb) and torch.equal(sb, ca)  # M and 1−M give the same unordered pair
+
+
+def test_p_swap_rate_and_ratio_range():
+    xa, xb = torch.zeros(4000, 1, 4, 4), torch.ones(4000, 1, 4, 4)
+    _, _, mask = patch_swap(xa, xb, grid=4, ratio=(0.25, 0.5), p=0.3, generator=_gen(1))
+    frac = mask.float().mean((1, 2, 3))
+    swapped = frac > 0
+    assert abs(swapped.float().mean().item() - 0.3) < 0.03
+    assert frac[swapped].min() >= 4 / 16 and frac[swapped].max() <= 8 / 16
+
+
+def test_swap_commutes_with_normalisation():  # invariant 4
+    xa, xb = _pair(dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    _, _, mask = patch_swap(xa, xb, grid=4, ratio=(0.0, 1.0), generator=_gen())
+    sa, sb = swap_with_mask(xa, xb, mask)
+    na, nb = swap_with_mask(normalize(xa, mean, std), normalize(xb, mean, std), mask)
+    assert torch.equal(normalize(sa, mean, std), na) and torch.equal(normalize(sb, mean, std), nb)
+
+
+def test_same_image_pair_is_unchanged():  # invariant 6, first half
+    xa, _ = _pair()
+    sa, sb, _ = patch_swap(xa, xa.clone(), grid=4, ratio=0.5, generator=_gen())
+    assert torch.equal(sa, xa) and torch.equal(sb, xa)
+
+
+def test_patch_swap_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        patch_swap(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5), 2, 0.5)
+
+
+# ------------------------------------------------------------------------------------------- the loss
+def test_kd_golden_values_and_teacher_choice():  # golden + invariant 7
+    za = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # p = [1/4, 3/4]
+    zb = torch.zeros(2, 2)  # p = [1/2, 1/2]
+    y = torch.tensor([1, 0])  # pair 0: c_a = 3/4 > 1/2 → a teaches; pair 1: c_a = 1/4 < 1/2 → b teaches
+    kd, stats = ips_kd(za, zb, y, IPSOptions(T=1.0))
+    kl_a_to_b = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    kl_b_to_a = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kd.item() == pytest.approx((kl_a_to_b + kl_b_to_a) / 2, rel=1e-5)
+    assert stats["a_teaches"].item() == 0.5 and stats["conf_gap"].item() == pytest.approx(0.25)
+    # T² scaling at T = 4 is checked against the direct formula
+    kd4, _ = ips_kd(za, zb, y, IPSOptions(T=4.0))
+    p = torch.softmax(za / 4, 1)
+    q = torch.softmax(zb / 4, 1)
+    direct = 16 * ((p[0] * (p[0] / q[0]).log()).sum() + (q[1] * (q[1] / p[1]).log()).sum()) / 2
+    assert kd4.item() == pytest.approx(direct.item(), rel=1e-5)
+    # always_a: a teaches both; min_conf_gap drops pairs but the mean still divides by all pairs
+    kd_a, _ = ips_kd(za, zb, y, IPSOptions(T=1.0, teacher_rule="always_a"))
+    assert kd_a.item() == pytest.approx(kl_a_to_b, rel=1e-5)
+    kd_gap, st = ips_kd(za, zb, y, IPSOptions(T=1.0, min_conf_gap=0.3))
+    assert kd_gap.item() == 0.0 and st["kd_pairs"].item() == 0.0
+    kd_w, _ = ips_kd(za, zb, y, IPSOptions(T=1.0), weight=torch.tensor([1.0, 0.0]))
+    assert kd_w.item() == pytest.approx(kl_a_to_b / 2, rel=1e-5)
+
+
+def test_confidence_measures():
+    z = torch.tensor([[2.0, 1.0, 0.0]])
+    p = torch.softmax(z, 1)[0]
+    y = torch.tensor([1])
+    assert confidence(z, y, "gt_prob").item() == pytest.approx(p[1].item())
+    assert confidence(z, y, "max_prob").item() == pytest.approx(p[0].item())
+    assert confidence(z, y, "margin").item() == pytest.approx(-1.0)
+    assert confidence(z, y, "neg_entropy").item() == pytest.approx((p * p.log()).sum().item())
+
+
+def test_kd_nonnegative_zero_iff_equal_and_order_invariant():  # invariants 7 and 9
+    g = _gen(3)
+    za, zb = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    kd, _ = ips_kd(za, zb, y, IPSOptions())
+    assert kd.item() > 0
+    assert ips_kd(za, za.clone(), y, IPSOptions())[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert ips_kd(zb, za, y, IPSOptions())[0].item() == pytest.approx(kd.item(), rel=1e-6)
+    sym = IPSOptions(teacher_rule="symmetric")
+    assert ips_kd(za, zb, y, sym)[0].item() == pytest.approx(ips_kd(zb, za, y, sym)[0].item(), rel=1e-6)
+    s_sum = ips_kd(za, zb, y, IPSOptions(teacher_rule="symmetric", symmetric_reduce="sum"))[0]
+    assert s_sum.item() == pytest.approx(2 * ips_kd(za, zb, y, sym)[0].item(), rel=1e-6)
+
+
+def test_teacher_rows_get_no_kd_gradient():  # invariant 8
+    g = _gen(4)
+    za = torch.randn(8, 5, generator=g, requires_grad=True)
+    zb = torch.randn(8, 5, generator=g, requires_grad=True)
+    y = torch.randint(0, 5, (8,), generator=g)
+    kd, _ = ips_kd(za, zb, y, IPSOptions())
+    kd.backward()
+    a_teaches = confidence(za, y, "gt_prob") >= confidence(zb, y, "gt_prob")
+    assert a_teaches.any() and (~a_teaches).any()
+    assert torch.count_nonzero(za.grad[a_teaches]) == 0 and torch.count_nonzero(zb.grad[~a_teaches]) == 0
+    assert (za.grad[~a_teaches].abs().sum(1) > 0).all() and (zb.grad[a_teaches].abs().sum(1) > 0).all()
+    za.grad = zb.grad = None
+    ips_kd(za, zb, y, IPSOptions(detach_teacher=False))[0].backward()
+    assert torch.count_nonzero(za.grad[a_teaches]) > 0  # the ablation lets gradient through the teacher
+
+
+# ------------------------------------------------------------------------------------------ the method
+def _method(**opts):
+    spec = resolve_config({"method": {"name": "ips", **opts}}).method
+    return build_method(spec, MethodContext(4, 64, 10, 4, torch.device("cpu")))
+
+
+def _batch(x, y, partner_x=None, seed=7):
+    b = Batch(x, y, torch.arange(len(y)), [x], seed=seed, global_size=len(y))
+    if partner_x is not None:
+        b.partner = Batch(partner_x, y, torch.arange(len(y)), [partner_x])
+    return b
+
+
+def test_loss_is_invariant_to_complementing_the_mask():  # invariant 9 through the network
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4).eval()
+    xa, xb = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    method = _method()
+    batch = _batch(xa, y, xb)
+    mask, _ = method.masks(batch, 6, slice(None), 16, 16)
+    losses = []
+    for m in (mask, ~mask):
+        sa, sb = swap_with_mask(xa, xb, m)
+        za, zb = model(torch.cat([sa, sb])).split(6)
+        kd, _ = ips_kd(za, zb, y, method.opt)
+        ce = (torch.nn.functional.cross_entropy(za, y) + torch.nn.functional.cross_entropy(zb, y)) / 2
+        losses.append((ce.item(), kd.item()))
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-5)
+    assert losses[0][1] == pytest.approx(losses[1][1], rel=1e-5)
+
+
+def test_identical_partner_in_eval_mode_gives_zero_kd():  # invariant 6, second half
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4).eval()
+    x = torch.randn(4, 3, 16, 16)
+    out = _method().training_step(model, _batch(x, torch.tensor([0, 1, 2, 3]), x.clone()), epoch=1)
+    assert out.losses["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out.logits.shape == (8, 4)
+
+
+def test_masks_do_not_depend_on_the_rank_split():
+    method = _method()
+    batch = _batch(torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long), seed=11)
+    whole, flags = method.masks(batch, 16, slice(None), 8, 8)
+    part, part_flags = method.masks(batch, 16, slice(8, 16), 8, 8)
+    assert torch.equal(whole[8:], part) and torch.equal(flags[8:], part_flags)
+
+
+def test_inbatch_pairs_are_same_class_and_disjoint():  # invariant 11
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 3])
+    a, b, lone = inbatch_pairs(y, _gen())
+    assert torch.equal(y[a], y[b])
+    used = torch.cat([a, b, lone]).tolist()
+    assert sorted(used) == list(range(len(y)))  # every row once: in one pair or alone
+    assert sorted(y[lone].tolist()) == [0, 2, 3]  # odd-sized classes leave one row each
+
+
+def test_inbatch_lone_rows_do_not_enter_kd():  # invariant 11
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4).eval()
+    y = torch.tensor([0, 0, 1, 1, 2])  # row 4 has no partner
+    x = torch.randn(5, 3, 16, 16)
+    method = _method(partner_source="inbatch")
+    kd1 = method.training_step(model, _batch(x, y), 1).losses["kd"]
+    x2 = x.clone()
+    x2[4] = 10.0
+    out2 = method.training_step(model, _batch(x2, y), 1)
+    assert out2.losses["kd"].item() == pytest.approx(kd1.item(), rel=1e-6)
+    assert out2.logits.shape[0] == 5  # the lone row still gets its CE
+
+
+def test_options_cost_and_requirements():
+    from selfdistill.methods.ips import IntraClassPatchSwap as IPS
+
+    assert IPS.cost(IPSOptions()) == 2.0 and IPS.cost(IPSOptions(partner_source="inbatch")) == 1.0
+    assert IPS.cost(IPSOptions(ce_inputs="swapped+original")) == 4.0
+    assert IPS.data_requirements(IPSOptions(batch_counts="images")).batch_scale == 0.5
+    assert IPS.data_requirements(IPSOptions(partner_source="inbatch")).sampler == "shuffle"
+    with pytest.raises(ConfigError, match="p_swap"):
+        resolve_config({"method": {"name": "ips", "p_swap": 1.5}})
+    method = _method(kd_warmup_epochs=4, lambda_kd=2.0)
+    assert [method.kd_weight(e) for e in (1, 3, 5, 9)] == [0.0, 1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("opts", [{}, {"partner_source": "inbatch", "inbatch_fallback": "self"},
+                                  {"layout": "box", "teacher_rule": "symmetric", "ce_inputs": "swapped+original",
+                                   "forward": "separate", "mask_per": "batch", "ratio_dist": "beta",
+                                   "kd_on_unswapped": False, "p_swap": 0.5, "batch_counts": "images"}])
+def test_ips_trains_end_to_end(tmp_path, opts):
+    s = train(synthetic_config(tmp_path, method={"name": "ips", **opts}, train={"epochs": 2}))
+    assert s["last"]["test_top1"] > 30
+    # the evaluation forward is the plain backbone on clean images (invariant 10)
+    assert evaluate(f"{s['run']}/last.pt")["top1"] == pytest.approx(s["last"]["test_top1"])
+
+
+@pytest.mark.slow
+def test_ips_on_a_cifar10_subset(tmp_path, cifar10_root, cifar10_cache):
+    cfg = {"out": str(tmp_path), "data": {"name": "imagefolder", "root": str(cifar10_root), "train_subset": 1000,
+                                          "batch_size": 50, "cache_dir": str(cifar10_cache)},
+           "model": {"name": "resnet8"}, "method": {"name": "ips"}, "optim": {"lr": 0.05}, "sched": {"name": "cosine"},
+           "train": {"epochs": 2, "device": "cpu", "progress": False}}
+    s = train(cfg)
+    assert s["passes_per_step"] == 2.0 and s["last"]["test_top1"] > 15
+    import csv
+
+    with open(f"{s['run']}/metrics.csv") as fh:
+        row = list(csv.DictReader(fh))[-1]
+    assert 0.0 < float(row["train_a_teaches"]) < 1.0 and 0.3 < float(row["train_swap_frac"]) < 0.7
+    assert float(row["train_loss_kd"]) > 0
