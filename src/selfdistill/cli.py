@@ -16,11 +16,10 @@ from .methods import describe_method, list_methods
 from .models import list_models
 from .registry import UnknownNameError
 
+DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
 DEMO_CONFIG: dict[str, Any] = {
-    "name": "demo_digits_ce",
     "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1, "augment": {"crop_padding": 1, "hflip": False}},
     "model": {"name": "resnet8"},
-    "method": {"name": "ce"},
     "optim": {"lr": 0.05, "weight_decay": 5e-4},
     "sched": {"name": "cosine"},
     "train": {"epochs": 15, "device": "cpu", "tensorboard": False},
@@ -73,27 +72,63 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import load_grid, run_grid
+
+    grid = load_grid(args.config, args.out)
+    if args.dry_run:
+        for run in grid.runs:
+            print(f"{run.status:8s} {run.run_dir}")
+        return 0
+    failed = run_grid(grid, jobs=args.jobs)
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench import write_report
+
+    out = write_report(args.runs_dir, args.out, baseline=args.baseline)
+    print(f"report written to {out}")
+    if args.readme:
+        from .bench.report import update_readme
+
+        update_readme(args.readme, out, args.command or f"selfdistill report {args.runs_dir}")
+        print(f"results block of {args.readme} updated")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    cfg = json.loads(json.dumps(DEMO_CONFIG))
-    set_by_path(cfg, "out", args.out)
-    if args.epochs:
-        set_by_path(cfg, "train.epochs", args.epochs)
-    run_dir = Path(args.out) / cfg["name"]
-    if (run_dir / "config.yaml").is_file():  # a previous demo run: start it afresh
-        shutil.rmtree(run_dir)
-    print("selfdistill demo: plain cross-entropy on scikit-learn's 8×8 digits (offline), ResNet-8, CPU\n")
-    s = train(cfg)
     rows = [("method", "last test top-1 %", "test top-1 % @ best val", "NLL", "ECE %", "s/epoch")]
-    b = s["best_val"] or {}
-    rows.append((s["method"], f"{s['last']['test_top1']:.2f}", f"{b.get('test_top1', float('nan')):.2f}",
-                 f"{s['last']['test_nll']:.4f}", f"{s['last']['test_ece']:.2f}", f"{s['seconds_per_epoch']:.2f}"))
+    summaries = []
+    print("selfdistill demo: cross-entropy vs Intra-class Patch Swap on scikit-learn's 8×8 digits (offline), "
+          "ResNet-8, CPU\n")
+    for method in DEMO_METHODS:
+        cfg = json.loads(json.dumps(DEMO_CONFIG))
+        cfg["name"] = f"demo_digits_{method['name']}"
+        cfg["method"] = method
+        set_by_path(cfg, "out", args.out)
+        if args.epochs:
+            set_by_path(cfg, "train.epochs", args.epochs)
+        run_dir = Path(args.out) / cfg["name"]
+        if (run_dir / "config.yaml").is_file():  # a previous demo run: start it afresh
+            shutil.rmtree(run_dir)
+        s = train(cfg)
+        summaries.append(s)
+        b = s["best_val"] or {}
+        rows.append((s["method"], f"{s['last']['test_top1']:.2f}", f"{b.get('test_top1', float('nan')):.2f}",
+                     f"{s['last']['test_nll']:.4f}", f"{s['last']['test_ece']:.2f}", f"{s['seconds_per_epoch']:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for i, r in enumerate(rows):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print(f"\n{s['num_train']} train / {s['num_val']} validation / {s['num_test']} test images; run in {s['run']}")
+    s = summaries[0]
+    print(f"\n{s['num_train']} train / {s['num_val']} validation / {s['num_test']} test images, one seed: a smoke "
+          f"test of the pipeline, not a benchmark (see benchmarks/). Runs in {args.out}/")
     return 0
 
 
@@ -121,7 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--verbose", "-v", action="store_true", help="show each method's options and requirements")
     ls.set_defaults(func=_cmd_list)
 
-    d = sub.add_parser("demo", help="a short offline run on scikit-learn's digits (under 2 minutes on CPU)")
+    b = sub.add_parser("bench", help="run a grid of configs (methods × models × seeds × ...), resumable")
+    b.add_argument("--config", required=True, help="grid YAML (see docs/bench.md)")
+    b.add_argument("--out", help="output tree (default: the grid's 'out', relative to the grid file)")
+    b.add_argument("--jobs", type=int, default=1, help="runs at once; torch threads are split between them")
+    b.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    b.set_defaults(func=_cmd_bench)
+
+    r = sub.add_parser("report", help="tables (markdown, CSV) and plots from a tree of runs")
+    r.add_argument("runs_dir", help="folder holding run directories (searched recursively)")
+    r.add_argument("--out", help="report folder (default: RUNS_DIR/../report)")
+    r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
+    r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
+    r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("demo", help="CE vs IPS on scikit-learn's digits, offline (under 2 minutes on CPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--epochs", type=int, default=0, help="override the demo's epochs")
     d.set_defaults(func=_cmd_demo)

@@ -58,6 +58,15 @@ class MetricAccumulator:
         bins = ece_bins(logp.exp(), target, self.n_bins)
         self.sums[4:] += torch.cat(bins).to(self.sums.device)
 
+    def reliability(self) -> dict[str, list[float]]:
+        """Per-bin image count, mean confidence and accuracy (for reliability diagrams)."""
+        s = self.sums.cpu()
+        b = self.n_bins
+        count = s[4:4 + b]
+        safe = count.clamp_min(1)
+        return {"count": count.tolist(), "confidence": (s[4 + b:4 + 2 * b] / safe).tolist(),
+                "accuracy": (s[4 + 2 * b:] / safe).tolist()}
+
     def compute(self) -> dict[str, float]:
         """``top1``/``top5``/``ece`` in %, ``nll`` in nats per image, ``n`` images."""
         s = self.sums.cpu()

@@ -150,6 +150,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "rng": rng_state(),
             "history": self.history,
+            "reliability": self.reliability,
             "epoch_acc": {k: v.detach().cpu() for k, v in acc.items()},
             "train_time": self.train_time,
             "classes": self.data.classes,
@@ -182,6 +183,7 @@ class Trainer:
         self.method.load_state_dict(ck["method"])
         set_rng_state(ck["rng"])
         self.history = list(ck["history"])
+        self.reliability = ck["reliability"]
         self.global_step = ck["global_step"]
         self.train_time = ck["train_time"]
         acc = {k: v.to(self.device) for k, v in ck["epoch_acc"].items()}
@@ -189,8 +191,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split) -> dict[str, float]:
-        """Top-1/top-5/NLL/ECE of ``model`` on ``split``, reduced over ranks."""
+    def evaluate(self, model: nn.Module, split) -> MetricAccumulator:
+        """Top-1/top-5/NLL/ECE sums of ``model`` on ``split``, reduced over ranks."""
         was_training = model.training
         model.eval()
         acc = MetricAccumulator(self.device)
@@ -199,7 +201,7 @@ class Trainer:
                 acc.update(model(x).float(), y)
         all_reduce_sum(acc.sums, self.dist)
         model.train(was_training)
-        return acc.compute()
+        return acc
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -213,6 +215,7 @@ class Trainer:
         cfg = self.cfg
         ckpt_path = self.run_dir / CHECKPOINT
         self.history: list[dict[str, float]] = []
+        self.reliability: dict[str, list[float]] | None = None
         self.global_step = 0
         self.train_time = 0.0
         start_epoch, start_step, acc = 1, 0, {}
@@ -332,12 +335,15 @@ class Trainer:
                 row[f"train_{k}"] = float(v) / steps
         row["train_top1"] = 100 * float(acc["correct"]) / max(float(acc["n"]), 1.0)
         if epoch % self.cfg.train.eval_every == 0 or epoch == self.cfg.train.epochs:
-            row.update({f"test_{k}": v for k, v in self.evaluate(self.model, self.data.test).items() if k != "n"})
+            test = self.evaluate(self.model, self.data.test)
+            self.reliability = test.reliability()
+            row.update({f"test_{k}": v for k, v in test.compute().items() if k != "n"})
             if self.data.val is not None:
-                row.update({f"val_{k}": v for k, v in self.evaluate(self.model, self.data.val).items() if k != "n"})
-            if self.ema is not None:
-                row.update({f"ema_test_{k}": v for k, v in self.evaluate(self.ema.module, self.data.test).items()
+                row.update({f"val_{k}": v for k, v in self.evaluate(self.model, self.data.val).compute().items()
                             if k != "n"})
+            if self.ema is not None:
+                row.update({f"ema_test_{k}": v for k, v in self.evaluate(self.ema.module, self.data.test).compute()
+                            .items() if k != "n"})
         row["train_time_s"] = train_s
         row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
         return row
@@ -373,6 +379,7 @@ class Trainer:
             "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
             "best_val": best,
             "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if "ema_test_top1" in last else None,
+            "last_test_reliability": self.reliability,
             "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
             "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
             else math.nan,

@@ -1,0 +1,272 @@
+"""Tables and plots from a tree of finished runs (``selfdistill report RUNS_DIR``).
+
+For each (dataset, model) and method configuration: mean ± sample std over seeds of last-epoch test top-1,
+test top-1 at the best-validation epoch, ECE and NLL; the paired gain over the baseline (same seeds) with a
+Welch t-test; seconds per epoch, images/s, declared passes per step and the measured step time relative to
+the baseline. Also a CSV of every run, test-accuracy curves and reliability diagrams (PNG).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runner import method_label
+
+
+@dataclass
+class Run:
+    """One finished run: its summary and per-epoch rows."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, float]]
+    label: str = ""
+    group: tuple[str, str] = ("", "")
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary["seed"])
+
+    def value(self, key: str) -> float:
+        """A scalar by path: ``last.test_top1``, ``best_val.test_top1``, ``seconds_per_epoch``, ..."""
+        node: Any = self.summary
+        for part in key.split("."):
+            node = None if node is None else node.get(part)
+        return float("nan") if node is None else float(node)
+
+
+@dataclass
+class Cell:
+    """All seeds of one method configuration in one (dataset, model) group."""
+
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [r.value(key) for r in sorted(self.runs, key=lambda r: r.seed)]
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every run under ``root`` that has a ``summary.json``."""
+    runs = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        summary = json.loads(path.read_text())
+        rows = []
+        if (path.parent / "metrics.csv").is_file():
+            with (path.parent / "metrics.csv").open(newline="") as fh:
+                rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
+        cfg = summary["config"]
+        run = Run(summary, rows, method_label(cfg["method"]), (cfg["data"]["name"], cfg["model"]["name"]))
+        runs.append(run)
+    return runs
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n−1); std is nan for one value."""
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def fmt(mean: float, std: float, digits: int = 2) -> str:
+    """``mean ± std`` (or ``mean`` when std is undefined, ``–`` when mean is)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p-value (nan with fewer than two values per side)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def paired_gain(cell: Cell, base: Cell, key: str) -> tuple[float, float, int]:
+    """Mean ± std of per-seed differences ``cell − base`` over the seeds both have."""
+    a = {r.seed: r.value(key) for r in cell.runs}
+    b = {r.seed: r.value(key) for r in base.runs}
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    m, s = mean_std(diffs)
+    return m, s, len(diffs)
+
+
+def _step_time(run: Run) -> float:
+    steps = run.summary.get("steps_per_epoch") or float("nan")
+    return run.value("seconds_per_epoch") / steps
+
+
+def group_table(cells: list[Cell], baseline: str) -> list[str]:
+    """Markdown table of one (dataset, model) group."""
+    base = next((c for c in cells if c.label == baseline), None)
+    base_step = statistics.fmean(_step_time(r) for r in base.runs) if base else float("nan")
+    head = ["method", "n", "test top-1 (last)", "test top-1 @ best val", "ECE % (last)", "NLL (last)",
+            f"Δ top-1 vs {baseline} (paired)", "p (Welch)", "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for cell in cells:
+        last = cell.values("last.test_top1")
+        if base is not None and cell is not base:
+            g, gs, n = paired_gain(cell, base, "last.test_top1")
+            gain = f"{g:+.2f} ± {gs:.2f} (n={n})" if not math.isnan(gs) else f"{g:+.2f} (n={n})"
+            p = welch_p(last, base.values("last.test_top1"))
+            p_text = "–" if math.isnan(p) else f"{p:.3f}"
+        else:
+            gain, p_text = "–", "–"
+        step = statistics.fmean(_step_time(r) for r in cell.runs)
+        lines.append("| " + " | ".join([
+            f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(last)),
+            fmt(*mean_std(cell.values("best_val.test_top1"))), fmt(*mean_std(cell.values("last.test_ece"))),
+            fmt(*mean_std(cell.values("last.test_nll")), 3), gain, p_text,
+            f"{statistics.fmean(cell.values('seconds_per_epoch')):.1f}",
+            f"{statistics.fmean(cell.values('images_per_s')):.0f}",
+            f"{cell.runs[0].summary['passes_per_step']:g}",
+            "–" if math.isnan(base_step) else f"{step / base_step:.2f}",
+        ]) + " |")
+    return lines
+
+
+def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell in cells:
+        curves = [[r["test_top1"] for r in run.rows if "test_top1" in r] for run in cell.runs]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        epochs = [run_row["epoch"] for run_row in cell.runs[0].rows if "test_top1" in run_row][:length]
+        cols = list(zip(*[c[:length] for c in curves], strict=True))
+        mean = [statistics.fmean(c) for c in cols]
+        std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+        ax.plot(epochs, mean, label=f"{cell.label} (n={len(cell.runs)})")
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_reliability(cells: list[Cell], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in cells if all(r.summary.get("last_test_reliability") for r in c.runs)]
+    if not cells:
+        return
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.4), squeeze=False)
+    for ax, cell in zip(axes[0], cells, strict=True):
+        bins = len(cell.runs[0].summary["last_test_reliability"]["count"])
+        count = [0.0] * bins
+        conf = [0.0] * bins
+        acc = [0.0] * bins
+        for run in cell.runs:  # pool the seeds: sums weighted by bin counts
+            rel = run.summary["last_test_reliability"]
+            for i in range(bins):
+                count[i] += rel["count"][i]
+                conf[i] += rel["confidence"][i] * rel["count"][i]
+                acc[i] += rel["accuracy"][i] * rel["count"][i]
+        centres = [(i + 0.5) / bins for i in range(bins)]
+        heights = [a / c if c else 0.0 for a, c in zip(acc, count, strict=True)]
+        ax.bar(centres, heights, width=1 / bins, edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ece = statistics.fmean(cell.values("last.test_ece"))
+        ax.set_title(f"{cell.label}\nECE {ece:.2f}%", fontsize=8)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_csv(runs: list[Run], path: Path) -> None:
+    cols = ["dataset", "model", "method", "seed", "epochs", "num_train", "num_val", "test_top1_last", "test_top5_last",
+            "test_nll_last", "test_ece_last", "best_val_epoch", "val_top1_best", "test_top1_at_best_val",
+            "seconds_per_epoch", "images_per_s", "passes_per_step", "run"]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for r in runs:
+            s = r.summary
+            best = s.get("best_val") or {}
+            w.writerow([*r.group, r.label, r.seed, s["epochs"], s["num_train"], s["num_val"],
+                        *(s["last"][f"test_{m}"] for m in ("top1", "top5", "nll", "ece")),
+                        best.get("epoch", ""), best.get("val_top1", ""), best.get("test_top1", ""),
+                        s["seconds_per_epoch"], s["images_per_s"], s["passes_per_step"], s["run"]])
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: str = "ce") -> Path:
+    """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dir``; returns the markdown path."""
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (summary.json) under {runs_dir}")
+    out = Path(out) if out is not None else Path(runs_dir).parent / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
+    for run in runs:
+        groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
+    lines = ["# Benchmark report", "", f"Generated by `selfdistill report {runs_dir}` from {len(runs)} finished runs.",
+             "Top-1, ECE and NLL are on the test split; mean ± sample std over seeds. 'Last' is the final epoch;",
+             "'@ best val' is the test accuracy at the epoch with the best validation accuracy (model selection",
+             "never looks at the test split). Δ is the per-seed paired difference to the baseline.", ""]
+    for (dataset, model), by_label in sorted(groups.items()):
+        cells = sorted(by_label.values(), key=lambda c: (c.label != baseline, c.label))
+        first = cells[0].runs[0].summary
+        slug = f"{dataset}_{model}".replace(":", "-").replace("/", "-")
+        lines += [f"## {dataset} / {model}", "",
+                  f"{first['num_train']} training images, {first['num_val']} validation, {first['num_test']} test; "
+                  f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}.", ""]
+        lines += group_table(cells, baseline)
+        _plot_curves(cells, f"{dataset} / {model}: test top-1", out / f"curves_{slug}.png")
+        _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
+                          out / f"reliability_{slug}.png")
+        lines += ["", f"![test accuracy](curves_{slug}.png)", "", f"![reliability](reliability_{slug}.png)", ""]
+    _write_csv(runs, out / "runs.csv")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+README_START = "<!-- results:start (generated by selfdistill report --readme; do not edit) -->"
+README_END = "<!-- results:end -->"
+
+
+def update_readme(readme: str | Path, report: str | Path, command: str) -> None:
+    """Replace the README block between the results markers with the report's tables, a link to the report and
+    the command that reproduces it."""
+    readme, report = Path(readme), Path(report)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results block; add the lines\n{README_START}\n{README_END}")
+    body = [line for line in report.read_text().splitlines() if line.startswith(("## ", "|", "Generated", "{"))
+            or (line and line[0].isdigit())]
+    try:
+        link = report.resolve().relative_to(readme.resolve().parent)
+    except ValueError:
+        link = report
+    block = [README_START, "", f"From [{link}]({link}), reproduced by:", "", "```bash", command, "```", "",
+             *[line.replace("## ", "#### ", 1) if line.startswith("## ") else line for line in body], "", README_END]
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + "\n".join(block) + tail)

@@ -1,0 +1,183 @@
+"""Run the cartesian product of config values as separate, resumable runs in one output tree.
+
+A grid file is YAML data::
+
+    base: ../../configs/cifar10/resnet8_ce.yaml   # a run config, relative to the grid file (optional)
+    config: {train: {epochs: 30}}                 # overrides merged onto it (optional)
+    out: runs                                     # output tree, relative to the grid file
+    grid:                                         # dotted key -> list of values; the product is run
+      method: [{name: ce}, {name: ips, p_swap: 0.5}]
+      seed: [0, 1, 2]
+
+Finished runs (``summary.json``) are skipped, interrupted ones resume from their checkpoint, so a killed grid
+loses at most the epoch in progress of the runs that were going.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, load_yaml, resolve_config, save_yaml, set_by_path, to_dict
+from ..methods import describe_method
+
+
+@dataclass
+class RunSpec:
+    """One point of the grid."""
+
+    name: str
+    config: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def status(self) -> str:
+        """``done``, ``partial`` (has a checkpoint) or ``pending``."""
+        if (self.run_dir / "summary.json").is_file():
+            return "done"
+        return "partial" if (self.run_dir / "last.pt").is_file() else "pending"
+
+
+@dataclass
+class Grid:
+    """A loaded grid: its runs and output tree."""
+
+    out: Path
+    runs: list[RunSpec]
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def method_label(method: dict[str, Any]) -> str:
+    """``name`` plus the options that differ from the method's defaults, e.g. ``ips(p_swap=0.5)``."""
+    defaults = describe_method(method["name"])["options"]
+    diff = [f"{k}={v}" for k, v in method.items() if k not in ("name", "preset") and defaults.get(k) != v]
+    if method.get("preset"):
+        diff.insert(0, f"preset={method['preset']}")
+    return f"{method['name']}({', '.join(diff)})" if diff else method["name"]
+
+
+def _slug(text: str) -> str:
+    keep = [c if c.isalnum() or c in "._=-" else "-" for c in text.replace(", ", "-")]
+    return "".join(keep).strip("-").replace("--", "-")
+
+
+def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
+    """Read a grid file and expand it into validated run specs."""
+    path = Path(path)
+    spec = load_yaml(path)
+    unknown = set(spec) - {"base", "config", "out", "grid"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)} (expected base, config, out, grid)")
+    base: dict[str, Any] = load_yaml(path.parent / spec["base"]) if spec.get("base") else {}
+    base = _deep_merge(base, spec.get("config") or {})
+    axes = spec.get("grid") or {}
+    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+        raise ConfigError(f"{path}: 'grid' must map dotted keys to non-empty lists of values")
+    out_dir = Path(out) if out is not None else path.parent / spec.get("out", "runs")
+    runs = []
+    for values in itertools.product(*axes.values()):
+        cfg = copy.deepcopy(base)
+        for key, value in zip(axes, values, strict=True):
+            set_by_path(cfg, key, copy.deepcopy(value))
+        resolved = resolve_config(cfg)  # validates every point before anything runs
+        parts = [_slug(method_label(resolved.method)), _slug(resolved.model.name)]
+        parts += [_slug(f"{k.split('.')[-1]}={v}") for k, v in zip(axes, values, strict=True)
+                  if k not in ("method", "model.name", "seed") and not k.startswith("method.")]
+        parts.append(f"s{resolved.seed}")
+        resolved.name = "_".join(parts)
+        resolved.out = str(out_dir)
+        runs.append(RunSpec(resolved.name, to_dict(resolved), out_dir / resolved.name))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: grid points map to the same run name; vary keys that appear in the name")
+    return Grid(out_dir, runs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(path: Path) -> bool:
+    """Create ``path`` holding this PID; False when another live process holds it (a stale lock is taken over)."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _pid_alive(holder):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _execute(run: RunSpec, threads: int, log_dir: Path) -> int | None:
+    """Train one run in a subprocess; ``None`` when another bench process is running it."""
+    lock = log_dir / f"{run.name}.lock"
+    if not acquire_lock(lock):
+        return None
+    try:
+        return _train_subprocess(run, threads, log_dir)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train_subprocess(run: RunSpec, threads: int, log_dir: Path) -> int:
+    cfg_path = log_dir / f"{run.name}.yaml"
+    save_yaml(run.config, cfg_path)
+    cmd = [sys.executable, "-m", "selfdistill", "train", "--config", str(cfg_path), "--resume",
+           "--set", f"train.threads={threads}", "--set", "train.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with (log_dir / f"{run.name}.log").open("a") as log:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
+def run_grid(grid: Grid, jobs: int = 1, log=print) -> list[str]:
+    """Run every unfinished point, ``jobs`` at a time (torch threads split between them); returns the names of
+    runs that failed."""
+    todo = [r for r in grid.runs if r.status != "done"]
+    log(f"{len(grid.runs)} runs, {len(grid.runs) - len(todo)} already done, {len(todo)} to run, {jobs} at a time")
+    log_dir = grid.out / "_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failed: list[str] = []
+
+    def one(run: RunSpec) -> None:
+        log(f"start {run.name} ({run.status})")
+        rc = _execute(run, threads, log_dir)
+        if rc is None:
+            log(f"skip  {run.name}: another bench process is running it")
+        elif rc:
+            log(f"FAILED {run.name} (exit {rc}, see {log_dir / run.name}.log)")
+            failed.append(run.name)
+        else:
+            log(f"done  {run.name}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, todo))
+    return failed

@@ -1,0 +1,109 @@
+"""The grid runner and the report, end to end on a tiny synthetic grid."""
+
+import csv
+
+import pytest
+import yaml
+
+from selfdistill.bench import load_grid, run_grid, write_report
+from selfdistill.bench.report import README_END, README_START, mean_std, update_readme, welch_p
+from selfdistill.bench.runner import method_label
+from selfdistill.cli import main
+from selfdistill.config import ConfigError
+
+GRID = {
+    "config": {"data": {"name": "synthetic", "synthetic_size": 192, "batch_size": 32, "image_size": 16,
+                        "val_fraction": 0.25, "augment": {"crop_padding": 2}},
+               "model": {"name": "resnet8"}, "optim": {"lr": 0.1}, "sched": {"name": "cosine"},
+               "train": {"epochs": 2, "device": "cpu", "tensorboard": False}},
+    "out": "runs",
+    "grid": {"method": [{"name": "ce"}, {"name": "ips", "p_swap": 0.5}], "seed": [0, 1]},
+}
+
+
+def test_grid_expansion_names_and_validation(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    grid = load_grid(path)
+    assert [r.name for r in grid.runs] == ["ce_resnet8_s0", "ce_resnet8_s1", "ips-p_swap=0.5_resnet8_s0",
+                                           "ips-p_swap=0.5_resnet8_s1"]
+    assert all(r.status == "pending" for r in grid.runs) and grid.out == tmp_path / "runs"
+    assert grid.runs[3].config["method"]["p_swap"] == 0.5 and grid.runs[3].config["seed"] == 1
+    bad = dict(GRID, grid={"method": [{"name": "ips", "p_swp": 0.5}]})
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="Did you mean 'p_swap'"):
+        load_grid(path)
+    path.write_text(yaml.safe_dump(dict(GRID, extra=1)))
+    with pytest.raises(ConfigError, match="unknown grid keys"):
+        load_grid(path)
+    assert method_label({"name": "ips", "p_swap": 1.0, "T": 2.0}) == "ips(T=2.0)"
+
+
+def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    grid = load_grid(path)
+    assert run_grid(load_grid(path), jobs=2, log=lambda m: None) == []
+    assert all(r.status == "done" for r in load_grid(path).runs)
+    # a second bench runs nothing; a run with only a checkpoint is resumed, not restarted
+    (grid.runs[0].run_dir / "summary.json").unlink()
+    assert next(r.status for r in load_grid(path).runs) == "partial"
+    assert main(["bench", "--config", str(path), "--dry-run"]) == 0
+    assert "partial" in capsys.readouterr().out
+    logs = []
+    assert run_grid(load_grid(path), log=logs.append) == []
+    assert "1 to run" in logs[0] and "(partial)" in logs[1]
+    assert "resuming" in (tmp_path / "runs" / "_logs" / "ce_resnet8_s0.log").read_text()
+
+    report = write_report(tmp_path / "runs")
+    text = report.read_text()
+    assert "| `ce` | 2 |" in text and "| `ips(p_swap=0.5)` | 2 |" in text and "(n=2)" in text
+    for name in ("curves_synthetic_resnet8.png", "reliability_synthetic_resnet8.png", "runs.csv"):
+        assert (report.parent / name).stat().st_size > 0
+    with (report.parent / "runs.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"ce", "ips(p_swap=0.5)"}
+    # the table's CE mean is the mean of the per-run values in the CSV
+    ce = [float(r["test_top1_last"]) for r in rows if r["method"] == "ce"]
+    assert f"{sum(ce) / 2:.2f} ± " in text
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
+    update_readme(readme, report, "selfdistill bench --config grid.yaml")
+    new = readme.read_text()
+    assert "old" not in new and "| `ce` | 2 |" in new and new.startswith("intro") and new.endswith("outro\n")
+    assert "selfdistill bench --config grid.yaml" in new
+
+
+def test_statistics_helpers():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    m, s = mean_std([4.0])
+    assert m == 4.0 and s != s  # std undefined for one value
+    assert welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 0.001
+    assert welch_p([1.0], [2.0, 3.0]) != welch_p([1.0], [2.0, 3.0])  # nan
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from selfdistill.bench.runner import acquire_lock
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(dict(GRID, grid={"method": [{"name": "ce"}], "seed": [0]})))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        logs_dir = tmp_path / "runs" / "_logs"
+        logs_dir.mkdir(parents=True)
+        (logs_dir / "ce_resnet8_s0.lock").write_text(str(holder.pid))
+        logs = []
+        assert run_grid(load_grid(path), log=logs.append) == []
+        assert any("another bench process" in m for m in logs)
+        assert load_grid(path).runs[0].status == "pending"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over
+    assert acquire_lock(logs_dir / "ce_resnet8_s0.lock")
+    assert (logs_dir / "ce_resnet8_s0.lock").read_text() == str(os.getpid())
