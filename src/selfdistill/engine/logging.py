@@ -1,4 +1,5 @@
-"""Run logs: ``metrics.csv`` (one row per epoch), TensorBoard events and a console progress bar."""
+"""Run logs: ``metrics.csv`` (one row per epoch, rewritten from the checkpointed history), TensorBoard events and
+a console progress bar."""
 
 from __future__ import annotations
 
@@ -11,37 +12,17 @@ from typing import Any
 from tqdm import tqdm
 
 
-class CSVLog:
-    """Per-epoch CSV whose header grows when new columns appear; on resume, rows after the checkpoint's epoch
-    are dropped so that a resumed run's file matches an uninterrupted one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if path.is_file():
-            with path.open(newline="") as fh:
-                self.rows = list(csv.DictReader(fh))
-
-    def truncate(self, last_epoch: int) -> None:
-        """Keep rows with ``epoch <= last_epoch``."""
-        self.rows = [r for r in self.rows if int(float(r["epoch"])) <= last_epoch]
-        self._write()
-
-    def append(self, row: dict[str, Any]) -> None:
-        """Add a row and rewrite the file (small: one row per epoch)."""
-        self.rows.append(row)
-        self._write()
-
-    def _write(self) -> None:
-        fields: list[str] = []
-        for r in self.rows:
-            fields += [k for k in r if k not in fields]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(self.path)
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write per-epoch rows (the union of their keys as columns) atomically to ``path``."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
 
 
 class TensorBoardLog:

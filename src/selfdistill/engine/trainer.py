@@ -31,7 +31,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .distributed import DistInfo, all_reduce_sum, init_distributed, unwrap, wrap_ddp
-from .logging import CSVLog, TensorBoardLog, progress_bar
+from .logging import TensorBoardLog, progress_bar, write_csv
 from .metrics import MetricAccumulator, topk_correct
 from .optim import ModelEMA, build_optimizer, build_scheduler
 from .state import load_frozen_model
@@ -229,9 +229,6 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(to_dict(cfg), self.run_dir / "config.yaml")
-        csv_log = CSVLog(self.run_dir / "metrics.csv") if self.dist.is_main else None
-        if csv_log is not None:
-            csv_log.truncate(start_epoch - 1)
         tb = TensorBoardLog(self.run_dir / "tb", cfg.train.tensorboard and self.dist.is_main)
         self.log(f"run {self.run_dir}: {cfg.method['name']} on {cfg.data.name} ({len(self.data.train)} train"
                  f"{f', {len(self.data.val)} val' if self.data.val is not None else ''}, {len(self.data.test)} test)"
@@ -241,10 +238,10 @@ class Trainer:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc)
                 acc = {}
-                if csv_log is not None:
-                    csv_log.append(row)
+                self._save(epoch, 0, {})  # first the checkpoint: the logs below are derived from its history
+                if self.dist.is_main:
+                    write_csv(self.history, self.run_dir / "metrics.csv")
                 tb.scalars(row, epoch)
-                self._save(epoch, 0, {})
         finally:
             tb.close()
         summary = self._summary()
