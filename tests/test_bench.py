@@ -37,6 +37,13 @@ def test_grid_expansion_names_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown grid keys"):
         load_grid(path)
     assert method_label({"name": "ips", "p_swap": 1.0, "T": 2.0}) == "ips(T=2.0)"
+    # a list of grids runs the union of their products, in order
+    path.write_text(yaml.safe_dump(dict(GRID, grid=[{"method": [{"name": "ce"}], "seed": [0, 1]},
+                                                    {"method": [{"name": "ips"}], "seed": [0]}])))
+    assert [r.name for r in load_grid(path).runs] == ["ce_resnet8_s0", "ce_resnet8_s1", "ips_resnet8_s0"]
+    path.write_text(yaml.safe_dump(dict(GRID, grid=[{"seed": [0]}, {"seed": [0]}])))
+    with pytest.raises(ConfigError, match="same run name"):
+        load_grid(path)
 
 
 def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):

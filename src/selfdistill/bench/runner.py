@@ -9,6 +9,8 @@ A grid file is YAML data::
       method: [{name: ce}, {name: ips, p_swap: 0.5}]
       seed: [0, 1, 2]
 
+``grid`` may also be a list of such mappings: the union of their products runs, in order.
+
 Finished runs (``summary.json``) are skipped, interrupted ones resume from their checkpoint, so a killed grid
 loses at most the epoch in progress of the runs that were going.
 """
@@ -83,10 +85,24 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
         raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)} (expected base, config, out, grid)")
     base: dict[str, Any] = load_yaml(path.parent / spec["base"]) if spec.get("base") else {}
     base = _deep_merge(base, spec.get("config") or {})
-    axes = spec.get("grid") or {}
-    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
-        raise ConfigError(f"{path}: 'grid' must map dotted keys to non-empty lists of values")
+    grids = spec.get("grid") or {}
+    grids = grids if isinstance(grids, list) else [grids]
+    for axes in grids:
+        if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+            raise ConfigError(f"{path}: 'grid' must map dotted keys to non-empty lists of values (or be a list "
+                              "of such mappings)")
     out_dir = Path(out) if out is not None else path.parent / spec.get("out", "runs")
+    runs = []
+    for axes in grids:
+        runs += _expand(base, axes, out_dir)
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: grid points map to the same run name; vary keys that appear in the name")
+    return Grid(out_dir, runs)
+
+
+def _expand(base: dict[str, Any], axes: dict[str, list[Any]], out_dir: Path) -> list[RunSpec]:
+    """The validated runs of one cartesian product."""
     runs = []
     for values in itertools.product(*axes.values()):
         cfg = copy.deepcopy(base)
@@ -100,10 +116,7 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
         resolved.name = "_".join(parts)
         resolved.out = str(out_dir)
         runs.append(RunSpec(resolved.name, to_dict(resolved), out_dir / resolved.name))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: grid points map to the same run name; vary keys that appear in the name")
-    return Grid(out_dir, runs)
+    return runs
 
 
 def _pid_alive(pid: int) -> bool:
