@@ -20,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..config import ConfigError, RunConfig, resolve_config, save_yaml, to_dict
 from ..data import DataModule
-from ..methods import MethodContext, build_method, method_options
+from ..methods import MethodContext, method_options
 from ..models import build_model
 from .checkpoint import (
     CheckpointError,
@@ -120,7 +120,7 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
                             self.device, self.dist.rank, self.dist.world)
-        self.method = build_method(cfg.method, ctx)
+        self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
         self.extra = [m.to(self.device) for m in self.method.trainable_modules()]
         self.train_model = wrap_ddp(self.model, self.dist, self.device, cfg.model.sync_bn)
@@ -134,7 +134,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     # ---------------------------------------------------------------------------------------- checkpoint
-    def _state(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _state(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor], train_time: float
+               ) -> dict[str, Any]:
         return {
             "format": 1,
             "config": to_dict(self.cfg),
@@ -152,14 +153,14 @@ class Trainer:
             "history": self.history,
             "reliability": self.reliability,
             "epoch_acc": {k: v.detach().cpu() for k, v in acc.items()},
-            "train_time": self.train_time,
+            "train_time": train_time,
             "classes": self.data.classes,
             "in_chans": self.data.in_chans,
         }
 
-    def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor]) -> None:
+    def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor], train_time: float) -> None:
         if self.dist.is_main:
-            save_checkpoint(self._state(epoch, step_in_epoch, acc), self.run_dir / CHECKPOINT)
+            save_checkpoint(self._state(epoch, step_in_epoch, acc, train_time), self.run_dir / CHECKPOINT)
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
         old, new = _flatten(saved), _flatten(to_dict(self.cfg))
@@ -238,7 +239,8 @@ class Trainer:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc)
                 acc = {}
-                self._save(epoch, 0, {})  # first the checkpoint: the logs below are derived from its history
+                # first the checkpoint: the logs below are derived from its history
+                self._save(epoch, 0, {}, self.train_time)
                 if self.dist.is_main:
                     write_csv(self.history, self.run_dir / "metrics.csv")
                 tb.scalars(row, epoch)
@@ -259,7 +261,6 @@ class Trainer:
                            self.dist.is_main)
         t0 = time.perf_counter()
         images = 0
-        step = start_step
         for step, batch in enumerate(self.loader.iterate(epoch, start_step), start=start_step):
             with self._autocast():
                 out = self.method.training_step(self.train_model, batch, epoch)
@@ -293,7 +294,8 @@ class Trainer:
             bar.update(1)
             if cfg.train.checkpoint_every_steps and self.global_step % cfg.train.checkpoint_every_steps == 0 \
                     and step + 1 < self.steps_per_epoch:
-                self._save_mid(epoch, step + 1, acc, t0)
+                # mid-epoch: ``epoch`` is in progress and ``step + 1`` is the next step to run
+                self._save(epoch, step + 1, acc, self.train_time + time.perf_counter() - t0)
         bar.close()
         train_s = time.perf_counter() - t0
         self.train_time += train_s
@@ -301,13 +303,6 @@ class Trainer:
         self.history.append(row)
         self.log(self._format_row(row))
         return row
-
-    def _save_mid(self, epoch: int, next_step: int, acc: dict[str, torch.Tensor], t0: float) -> None:
-        """Mid-epoch checkpoint: ``epoch`` is in progress, ``next_step`` is the next step to run."""
-        saved_time = self.train_time
-        self.train_time += time.perf_counter() - t0
-        self._save(epoch, next_step, acc)
-        self.train_time = saved_time
 
     def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor, epoch: int, step: int) -> None:
         if bool(torch.isfinite(total)):
