@@ -188,7 +188,7 @@ def test_loss_is_invariant_to_complementing_the_mask():  # invariant 9 through t
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     method = _method()
     batch = _batch(xa, y, xb)
-    mask, _ = method.masks(batch, 6, slice(None), 16, 16)
+    mask, _ = method.masks(batch.generator(), 6, slice(None), 16, 16, torch.device("cpu"))
     losses = []
     for m in (mask, ~mask):
         sa, sb = swap_with_mask(xa, xb, m)
@@ -212,8 +212,9 @@ def test_identical_partner_in_eval_mode_gives_zero_kd():  # invariant 6, second 
 def test_masks_do_not_depend_on_the_rank_split():
     method = _method()
     batch = _batch(torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long), seed=11)
-    whole, flags = method.masks(batch, 16, slice(None), 8, 8)
-    part, part_flags = method.masks(batch, 16, slice(8, 16), 8, 8)
+    cpu = torch.device("cpu")
+    whole, flags = method.masks(batch.generator(), 16, slice(None), 8, 8, cpu)
+    part, part_flags = method.masks(batch.generator(), 16, slice(8, 16), 8, 8, cpu)
     assert torch.equal(whole[8:], part) and torch.equal(flags[8:], part_flags)
 
 

@@ -188,11 +188,11 @@ class IntraClassPatchSwap(Method):
         w = self.opt.kd_warmup_epochs
         return self.opt.lambda_kd * (min(1.0, (epoch - 1) / w) if w > 0 else 1.0)
 
-    def masks(self, batch: Batch, n_global: int, rows: slice, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags for this rank's pairs, drawn for
-        all ``n_global`` pairs of the step from the step's seed."""
+    def masks(self, gen: torch.Generator, n_global: int, rows: slice, height: int, width: int,
+              device: torch.device) -> tuple[Tensor, Tensor]:
+        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags for this rank's pairs ``rows``,
+        drawn from ``gen`` for all ``n_global`` pairs of the step."""
         o = self.opt
-        gen = batch.generator()
         ratios = draw_ratios(n_global, o.ratio_dist, o.ratio_low, o.ratio_high, o.beta_a, o.beta_b, gen)
         if o.layout == "grid":
             g = o.grid if o.patch_size is None else max(1, round(height / o.patch_size))
@@ -204,7 +204,7 @@ class IntraClassPatchSwap(Method):
             mask = mask[:1].expand_as(mask)
         swapped = torch.rand(n_global, generator=gen) < o.p_swap
         mask = mask & swapped[:, None, None, None]
-        return mask[rows].to(batch.x.device), swapped[rows].to(batch.x.device)
+        return mask[rows].to(device), swapped[rows].to(device)
 
     def _forward(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
         if self.opt.forward == "joint":
@@ -223,18 +223,19 @@ class IntraClassPatchSwap(Method):
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
         h, w = batch.x.shape[-2:]
+        gen = batch.generator()  # one stream per step for pairing and masks
         if o.partner_source == "sampler":
             xa, xb, y = batch.x, batch.partner.x, batch.y
             extra_x, extra_y = batch.x[:0], batch.y[:0]
             n_global = batch.global_size if batch.global_size > 0 else len(y)
-            mask, swapped = self.masks(batch, n_global, batch.rows, h, w)
+            mask, swapped = self.masks(gen, n_global, batch.rows, h, w, batch.x.device)
         else:
-            ia, ib, lone = inbatch_pairs(batch.y, batch.generator())
+            ia, ib, lone = inbatch_pairs(batch.y, gen)
             if o.inbatch_fallback == "self":
                 ia, ib, lone = torch.cat([ia, lone]), torch.cat([ib, lone]), lone[:0]
             xa, xb, y = batch.x[ia], batch.x[ib], batch.y[ia]
             extra_x, extra_y = batch.x[lone], batch.y[lone]
-            mask, swapped = self.masks(batch, len(y), slice(None), h, w)
+            mask, swapped = self.masks(gen, len(y), slice(None), h, w, batch.x.device)
         xa_s, xb_s = swap_with_mask(xa, xb, mask)
         groups, targets = [xa_s, xb_s, extra_x], [y, y, extra_y]
         if o.ce_inputs == "swapped+original":
