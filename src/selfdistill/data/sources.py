@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
+from ..fileio import atomic_save
 from ..registry import Registry
+from .splits import make_splits
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -131,8 +133,6 @@ def digits(cfg: DataConfig) -> RawData:
     bunch = load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    from .splits import make_splits
-
     train_idx, test_idx = make_splits(labels, 10, val_fraction=597 / 1797, train_subset=0, seed=0)
     train = Split(labels[train_idx], images[train_idx])
     mean, std = channel_stats(train.images)
@@ -247,8 +247,6 @@ def load_folder_split(files: list[str], labels: Tensor, cfg: DataConfig, in_memo
         return Split(blob["labels"], blob["images"])
     images, kept = decode_images(files, cfg.image_size, cfg.skip_corrupt)
     split = Split(labels[kept], images)
-    from ..engine.checkpoint import atomic_save
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"images": split.images, "labels": split.labels}, path)
