@@ -259,8 +259,14 @@ def update_readme(readme: str | Path, report: str | Path, command: str) -> None:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme} has no results block; add the lines\n{README_START}\n{README_END}")
-    body = [line for line in report.read_text().splitlines() if line.startswith(("## ", "|", "Generated", "{"))
-            or (line and line[0].isdigit())]
+    lines = report.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    body: list[str] = []
+    for line in lines[start:]:
+        if line.startswith("!["):  # plots stay in the report (their paths are relative to it)
+            continue
+        if line or (body and body[-1]):  # no runs of blank lines
+            body.append(line)
     try:
         link = report.resolve().relative_to(readme.resolve().parent)
     except ValueError:
