@@ -48,25 +48,27 @@ def test_golden_loss_and_gradients(preset):
     assert torch.count_nonzero(model.table.grad[0]) == 2
 
 
-def test_presets_and_self_pair():
-    assert _method(preset="official").opt.partner_forward == "separate_no_grad"
-    assert _method(preset="clean").opt.partner_forward == "joint_detached"
+def _self_pair(train: bool):
+    """A ResNet-8 and a batch whose partners are copies of its anchors."""
     torch.manual_seed(0)
-    model = build_model("resnet8", 3).eval()
+    model = build_model("resnet8", 3).train(train)
     x = torch.randn(4, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 0])
     b = Batch(x, y, torch.arange(4), [x])
     b.partner = Batch(x.clone(), y, torch.arange(4), [x])
+    return model, b
+
+
+def test_presets_and_self_pair():
+    assert _method(preset="official").opt.partner_forward == "separate_no_grad"
+    assert _method(preset="clean").opt.partner_forward == "joint_detached"
+    model, b = _self_pair(train=False)
     assert _method(preset="clean").training_step(model, b, 1).losses["cls"].item() == pytest.approx(0, abs=1e-6)
 
 
 def test_official_partner_forward_uses_its_own_batch_statistics():
-    torch.manual_seed(0)
-    model = build_model("resnet8", 3).train()
-    x = torch.randn(4, 3, 16, 16)
-    y = torch.tensor([0, 1, 2, 0])
-    b = Batch(x, y, torch.arange(4), [x])
-    b.partner = Batch(x.clone(), y, torch.arange(4), [x])
+    model, b = _self_pair(train=True)
+    x, y = b.x, b.y
     # identical anchor and partner batches see identical BN statistics in both forms: KL 0
     assert _method(preset="official").training_step(model, b, 1).losses["cls"].item() == pytest.approx(0, abs=1e-5)
     b.partner = Batch(torch.cat([x[:2], torch.randn(2, 3, 16, 16)]), y, torch.arange(4), [x])
