@@ -99,7 +99,7 @@ def test_imagefolder_structure_errors(tmp_path):
 def test_batches_views_pairs_and_indices():
     cfg = DataConfig(name="synthetic", synthetic_size=64, batch_size=16, num_classes=4)
     dm = DataModule(cfg)
-    loader = dm.train_loader(DataRequirements(sampler="pair", views=2), seed=0)
+    loader = dm.train_loader(DataRequirements(sampler="pair", views=("weak", "weak")), seed=0)
     batches = list(loader.iterate(1))
     assert len(batches) == 4
     b = batches[0]

@@ -41,6 +41,14 @@ class AugmentConfig:
     """Per-channel mean in [0, 1]; ``None`` takes the dataset's default."""
     std: list[float] | None = None
     """Per-channel std in [0, 1]; ``None`` takes the dataset's default."""
+    randaugment_ops: int = 2
+    """``strong`` views: RandAugment ops per image (each applied with probability ½)."""
+    randaugment_magnitude: int = 10
+    """``strong`` views: largest RandAugment magnitude (1..10); each op draws its magnitude in 1..this."""
+    cutout: float = 0.5
+    """``strong`` views: Cutout side is drawn in ``[0, cutout)`` × the image width (0 disables Cutout)."""
+    cutout_fill: list[int] = field(default_factory=lambda: [125, 123, 114])
+    """``strong`` views: Cutout fill colour (uint8 per channel)."""
 
 
 @dataclass

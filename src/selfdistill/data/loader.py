@@ -10,9 +10,12 @@ from torch import Tensor
 
 from ..config import DataConfig
 from .augment import crop_flip, normalize, sample_crop_flip
+from .strong import sample_strong, strong_augment
 from .samplers import SAMPLERS, IndexBatch, rank_slice
 from .sources import DATASETS, DataError, RawData, Split
 from .splits import make_splits
+
+PIPELINES = ("weak", "strong")
 
 
 @dataclass
@@ -49,8 +52,9 @@ class DataRequirements:
 
     sampler: str = "shuffle"
     """``shuffle`` or ``pair`` (class-pair sampler: anchors plus same-class partners)."""
-    views: int = 1
-    """Independently augmented views per image."""
+    views: tuple[str, ...] = ("weak",)
+    """One pipeline name per independently augmented view: ``weak`` (crop + flip) or ``strong`` (crop + flip,
+    then RandAugment + Cutout, :mod:`selfdistill.data.strong`)."""
     batch_scale: float = 1.0
     """Anchors per step as a fraction of ``data.batch_size`` (e.g. ½ when partners count towards the batch)."""
 
@@ -98,6 +102,9 @@ class DataModule:
         """Batches for a method's declared requirements."""
         if req.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{req.sampler}' (known: {', '.join(SAMPLERS)})")
+        unknown = sorted(set(req.views) - set(PIPELINES))
+        if unknown or not req.views:
+            raise ValueError(f"unknown view pipelines {unknown} (known: {', '.join(PIPELINES)})")
         batch = round(self.cfg.batch_size * req.batch_scale)
         if batch < 1 or batch % self.world:
             raise ValueError(f"{batch} anchors per step (data.batch_size={self.cfg.batch_size} × {req.batch_scale}) "
@@ -127,11 +134,12 @@ class DataModule:
 class TrainLoader:
     """Iterates one epoch's batches from any step, deterministically from ``(seed, epoch, step)``."""
 
-    def __init__(self, data: DataModule, sampler, views: int, seed: int) -> None:
+    def __init__(self, data: DataModule, sampler, views: tuple[str, ...], seed: int) -> None:
         self.data = data
         self.sampler = sampler
         self.views = views
         self.seed = seed
+        self.fill = torch.tensor(data.cfg.augment.cutout_fill[:data.in_chans], dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -163,11 +171,18 @@ class TrainLoader:
 
     def _draw(self, gen: torch.Generator, n: int) -> list:
         aug = self.data.cfg.augment
-        return [sample_crop_flip(n, aug.crop_padding, aug.hflip, gen) for _ in range(self.views)]
+        return [(sample_crop_flip(n, aug.crop_padding, aug.hflip, gen),
+                 sample_strong(n, aug.randaugment_ops, aug.randaugment_magnitude, aug.cutout, gen)
+                 if name == "strong" else None) for name in self.views]
 
     def _batch(self, idx: Tensor, params: list, sl: slice) -> Batch:
         d = self.data
         imgs = d.train.images[idx.to(d.device)]
         pad = d.cfg.augment.crop_padding
-        views = [d._prepare(crop_flip(imgs, pad, p[sl])) for p in params]
+        views = []
+        for crop, strong in params:
+            v = crop_flip(imgs, pad, crop[sl])
+            if strong is not None:
+                v = strong_augment(v, strong[sl], self.fill)
+            views.append(d._prepare(v))
         return Batch(views[0], d.train.labels[idx].to(d.device), idx.to(d.device), views)
