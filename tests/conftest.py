@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
@@ -39,3 +40,19 @@ def synthetic_config(tmp_path: Path, **sections) -> dict:
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
+
+
+class Fixed(torch.nn.Module):
+    """Returns preset logits per input row (keyed by the first pixel) so the loss can be computed by hand."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0, 0, 0].long()]
+
+
+def id_images(ids: list[int]) -> torch.Tensor:
+    """1-channel 2×2 images whose first pixel is the row id (inputs of :class:`Fixed`)."""
+    return torch.tensor(ids, dtype=torch.float32)[:, None, None, None].expand(-1, 1, 2, 2)

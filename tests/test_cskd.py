@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import synthetic_config
+from conftest import Fixed, synthetic_config
 from selfdistill import train
 from selfdistill.config import resolve_config
 from selfdistill.data import Batch
@@ -14,17 +14,6 @@ from selfdistill.models import build_model
 def _method(**opts):
     spec = resolve_config({"method": {"name": "cskd", **opts}}).method
     return build_method(spec, MethodContext(3, 30, 1, 1, torch.device("cpu")))
-
-
-class Fixed(torch.nn.Module):
-    """Returns preset logits per input row (keyed by the first pixel) so the loss can be computed by hand."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = torch.nn.Parameter(table)
-
-    def forward(self, x):
-        return self.table[x[:, 0, 0, 0].long()]
 
 
 def _batch(ids_a, ids_p, y):

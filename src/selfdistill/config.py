@@ -21,7 +21,7 @@ import yaml
 
 from .registry import did_you_mean
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\.?inf)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -262,7 +262,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            # YAML 1.1 reads "1e-3" (no dot) as a string; "inf" and YAML's ".inf" spelling are accepted too
+            return float(re.sub(r"\.(?=inf)", "", value.strip(), flags=re.IGNORECASE))
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -53,9 +53,14 @@ class Cell:
 
 
 def load_runs(root: str | Path) -> list[Run]:
-    """Every run under ``root`` that has a ``summary.json``."""
+    """Every run under ``root`` that has a ``summary.json`` (a run's stages, e.g. born-again generations inside
+    it, are part of that run, not runs of their own)."""
     runs = []
-    for path in sorted(Path(root).rglob("summary.json")):
+    paths = sorted(Path(root).rglob("summary.json"))
+    run_dirs = {p.parent for p in paths}
+    for path in paths:
+        if any(parent in run_dirs for parent in path.parent.parents):
+            continue
         summary = json.loads(path.read_text())
         rows = []
         if (path.parent / "metrics.csv").is_file():
@@ -216,6 +221,47 @@ def _write_csv(runs: list[Run], path: Path) -> None:
                         s["seconds_per_epoch"], s["images_per_s"], s["passes_per_step"], s["run"]])
 
 
+def teacher_lines(cells: list[Cell]) -> list[str]:
+    """The frozen teachers the group's runs were distilled from, with their measured accuracy."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for cell in cells:
+        for run in cell.runs:
+            for name, res in (run.summary.get("teachers") or {}).items():
+                path = run.summary["config"]["method"].get("teacher", "")
+                seen.setdefault((cell.label, f"{name}: `{path}`"), res)
+    if not seen:
+        return []
+    lines = ["", "Teachers, measured at the start of each distillation run:", "",
+             "| method | teacher | test top-1 | test NLL | test ECE % |", "|---|---|---|---|---|"]
+    for (label, teacher), res in sorted(seen.items()):
+        t = res["test"]
+        lines.append(f"| `{label}` | {teacher} | {t['top1']:.2f} | {t['nll']:.3f} | {t['ece']:.2f} |")
+    return lines
+
+
+def generation_lines(cells: list[Cell]) -> list[str]:
+    """Per-generation and ensemble test top-1 (last epoch) of multi-generation runs, mean ± std over seeds."""
+    lines: list[str] = []
+    for cell in cells:
+        runs = [r for r in cell.runs if r.summary.get("generations")]
+        if not runs:
+            continue
+        lines += ["", f"Generations of `{cell.label}` (test top-1, last epoch; ensemble = mean softmax):", "",
+                  "| generation | test top-1 | ensemble of | ensemble test top-1 |", "|---|---|---|---|"]
+        n_gen = min(len(r.summary["generations"]) for r in runs)
+        for k in range(n_gen):
+            acc = fmt(*mean_std([r.summary["generations"][k]["last"]["test_top1"] for r in runs]))
+            ens = [e for e in runs[0].summary["ensemble"] if e["generations"][-1] == k]
+            if ens:
+                idx = runs[0].summary["ensemble"].index(ens[0])
+                members = ", ".join(str(g) for g in ens[0]["generations"])
+                ens_acc = fmt(*mean_std([r.summary["ensemble"][idx]["test_top1"] for r in runs]))
+            else:
+                members, ens_acc = "–", "–"
+            lines.append(f"| {k} | {acc} | {members} | {ens_acc} |")
+    return lines
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: str = "ce") -> Path:
     """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dir``; returns the markdown path."""
     runs = load_runs(runs_dir)
@@ -238,6 +284,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
                   f"{first['num_train']} training images, {first['num_val']} validation, {first['num_test']} test; "
                   f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}.", ""]
         lines += group_table(cells, baseline)
+        lines += teacher_lines(cells) + generation_lines(cells)
         _plot_curves(cells, f"{dataset} / {model}: test top-1", out / f"curves_{slug}.png")
         _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
                           out / f"reliability_{slug}.png")

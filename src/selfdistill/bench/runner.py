@@ -63,9 +63,11 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def method_label(method: dict[str, Any]) -> str:
-    """``name`` plus the options that differ from the method's defaults, e.g. ``ips(p_swap=0.5)``."""
+    """``name`` plus the options that differ from the method's defaults, e.g. ``ips(p_swap=0.5)`` (teacher paths
+    and the generation index are left out: the report lists teachers separately)."""
     defaults = describe_method(method["name"])["options"]
-    diff = [f"{k}={v}" for k, v in method.items() if k not in ("name", "preset") and defaults.get(k) != v]
+    diff = [f"{k}={v}" for k, v in method.items()
+            if k not in ("name", "preset", "generation") and not k.startswith("teacher") and defaults.get(k) != v]
     if method.get("preset"):
         diff.insert(0, f"preset={method['preset']}")
     return f"{method['name']}({', '.join(diff)})" if diff else method["name"]

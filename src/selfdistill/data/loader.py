@@ -10,10 +10,10 @@ from torch import Tensor
 
 from ..config import DataConfig
 from .augment import crop_flip, normalize, sample_crop_flip
-from .strong import sample_strong, strong_augment
 from .samplers import SAMPLERS, IndexBatch, rank_slice
 from .sources import DATASETS, DataError, RawData, Split
 from .splits import make_splits
+from .strong import sample_strong, strong_augment
 
 PIPELINES = ("weak", "strong")
 

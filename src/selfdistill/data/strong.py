@@ -149,7 +149,7 @@ def _apply_op(name: str, x: Tensor, level: Tensor, sign: Tensor) -> Tensor:
 
 def cutout(x: Tensor, center: Tensor, side: Tensor, fill: Tensor) -> Tensor:
     """Fill one square per image (side ``side·W`` px, centred at ``center`` fractions, clipped at the border)."""
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     half = (side.to(x.device) * w / 2)[:, None]
     cy = center[:, 0].to(x.device)[:, None] * h
     cx = center[:, 1].to(x.device)[:, None] * w

@@ -27,6 +27,11 @@ class DistInfo:
         return self.world > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job (or not distributed at all)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (NCCL on CUDA, gloo on CPU);
     a plain run is a world of one."""

@@ -30,7 +30,7 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .distributed import DistInfo, all_reduce_sum, init_distributed, unwrap, wrap_ddp
+from .distributed import DistInfo, all_reduce_sum, init_distributed, is_main_process, unwrap, wrap_ddp
 from .logging import TensorBoardLog, progress_bar, write_csv
 from .metrics import MetricAccumulator, topk_correct
 from .optim import ModelEMA, build_optimizer, build_scheduler
@@ -119,7 +119,8 @@ class Trainer:
         self.loader = self.data.train_loader(method_cls.data_requirements(method_opts), cfg.seed)
         self.steps_per_epoch = len(self.loader)
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
-                            self.device, self.dist.rank, self.dist.world)
+                            self.device, self.dist.rank, self.dist.world, tuple(self.data.mean.tolist()),
+                            tuple(self.data.std.tolist()))
         self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
         self.extra = [m.to(self.device) for m in self.method.trainable_modules()]
@@ -156,6 +157,8 @@ class Trainer:
             "train_time": train_time,
             "classes": self.data.classes,
             "in_chans": self.data.in_chans,
+            "mean": self.data.mean.tolist(),
+            "std": self.data.std.tolist(),
         }
 
     def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor], train_time: float) -> None:
@@ -204,6 +207,18 @@ class Trainer:
         model.train(was_training)
         return acc
 
+    def _evaluate_teachers(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Measure and log every frozen teacher of the method on the test (and validation) split."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, model in self.method.teachers().items():
+            res = {"test": self.evaluate(model, self.data.test).compute()}
+            if self.data.val is not None:
+                res["val"] = self.evaluate(model, self.data.val).compute()
+            self.log(f"{name}: test top-1 {res['test']['top1']:.2f}%, NLL {res['test']['nll']:.3f}, "
+                     f"ECE {res['test']['ece']:.2f}%")
+            out[name] = res
+        return out
+
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -230,6 +245,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(to_dict(cfg), self.run_dir / "config.yaml")
+        self.teacher_metrics = self._evaluate_teachers()
         tb = TensorBoardLog(self.run_dir / "tb", cfg.train.tensorboard and self.dist.is_main)
         self.log(f"run {self.run_dir}: {cfg.method['name']} on {cfg.data.name} ({len(self.data.train)} train"
                  f"{f', {len(self.data.val)} val' if self.data.val is not None else ''}, {len(self.data.test)} test)"
@@ -376,6 +392,7 @@ class Trainer:
             "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
             else math.nan,
             "passes_per_step": self.cost,
+            "teachers": self.teacher_metrics,
             "steps_per_epoch": self.steps_per_epoch,
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "num_train": len(self.data.train),
@@ -390,8 +407,34 @@ class Trainer:
 
 def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
           resume: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary."""
-    return Trainer(resolve_config(config, overrides), resume=resume, log=log).fit()
+    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary.
+
+    A method made of sequential stages (born-again generations) runs each stage as its own run directory inside
+    the run's; finished stages are skipped on ``resume`` and the interrupted one continues where it stopped.
+    """
+    cfg = resolve_config(config, overrides)
+    method_cls, opts = method_options(cfg.method)
+    stages = method_cls.stages(opts, cfg)
+    if not stages:
+        return Trainer(cfg, resume=resume, log=log).fit()
+    top = Path(cfg.out) / cfg.run_name()
+    if top.is_dir() and any(top.iterdir()) and not resume:
+        raise RunExistsError(f"{top} already holds a run. Pass --resume to continue it, or choose another run "
+                             "name or --out.")
+    summaries = []
+    for k, stage in enumerate(stages):
+        done = Path(stage.out) / stage.run_name() / "summary.json"
+        if done.is_file():
+            summaries.append(json.loads(done.read_text()))
+            continue
+        if is_main_process():
+            (log or print)(f"stage {k + 1}/{len(stages)}: {stage.run_name()}")
+        summaries.append(Trainer(stage, resume=True, log=log).fit())
+    summary = method_cls.finish_stages(opts, cfg, summaries)
+    if is_main_process():
+        save_yaml(to_dict(cfg), top / "config.yaml")
+        (top / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 @torch.no_grad()

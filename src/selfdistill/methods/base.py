@@ -50,6 +50,9 @@ class MethodContext:
     device: torch.device
     rank: int = 0
     world: int = 1
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    """The student's input normalisation (per channel), for teachers trained with other statistics."""
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
 class Method:
@@ -78,8 +81,22 @@ class Method:
         """Trained forward+backward passes per step under ``options``, in units of B (default ``passes_per_step``)."""
         return cls.passes_per_step
 
+    @classmethod
+    def stages(cls, options: Any, cfg: Any) -> list[Any] | None:
+        """Sequential runs this run consists of (e.g. generations), as run configs; ``None``: a single run."""
+        return None
+
+    @classmethod
+    def finish_stages(cls, options: Any, cfg: Any, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+        """The run's summary from its stages' summaries (called after the last stage)."""
+        return summaries[-1]
+
     def setup(self, model: nn.Module) -> None:
         """Called once after the model is built (create heads, teachers, memories here)."""
+
+    def teachers(self) -> dict[str, nn.Module]:
+        """Frozen models the engine evaluates and logs at the start of the run (teacher accuracy)."""
+        return {}
 
     def trainable_modules(self) -> list[nn.Module]:
         """Extra modules optimised with the model but not part of the exported model (auxiliary heads)."""

@@ -1,0 +1,175 @@
+"""Born-again networks: generations of one architecture, each distilled from the previous one (methods.md §5).
+
+``selfdistill train`` of a ``ban`` config runs generation 0 (plain CE) and then ``generations`` students, each
+a freshly initialised network taught by the previous generation's last checkpoint, every generation in its
+own run directory ``<run>/gen<k>`` (seed ``seed + k``). A killed run resumes at the generation and epoch where
+it stopped. The run's ``summary.json`` holds every generation's metrics and the ensemble of generations 1..k
+(mean of softmax), for each k.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import RunConfig, from_dict, to_dict
+from ..data.loader import Batch
+from ..losses import KLReduction, cross_entropy, kd_loss, soft_cross_entropy
+from .base import StepOutput, register_method
+from .kd import TeacherMethod
+from .teacher import TeacherOptions
+
+
+def dkpp_targets(teacher_probs: Tensor, generator: torch.Generator) -> Tensor:
+    """DKPP targets: each row keeps its arg-max probability in place; the other probabilities are randomly
+    permuted among the other classes (one permutation per row)."""
+    b, k = teacher_probs.shape
+    top = F.one_hot(teacher_probs.argmax(1), k).bool()
+    keys = torch.rand(b, k, generator=generator).to(teacher_probs.device)
+    order = torch.arange(k, device=teacher_probs.device).float().expand(b, k)
+    src = torch.where(top, -1.0, order).argsort(1)  # [arg-max, the others in class order]
+    dst = torch.where(top, -1.0, keys).argsort(1)  # [arg-max, the others in random order]
+    return torch.zeros_like(teacher_probs).scatter(1, dst, teacher_probs.gather(1, src))
+
+
+def cwtm_weights(teacher_probs: Tensor) -> Tensor:
+    """CWTM per-sample weights ``max_c p_ic / Σ_j max_c p_jc`` (they sum to 1 over the batch)."""
+    conf = teacher_probs.max(1).values
+    return conf / conf.sum()
+
+
+@dataclass
+class BANOptions(TeacherOptions):
+    """Born-again network options. ``teacher`` and ``generation`` are set by the generation runner."""
+
+    generations: int = 3
+    """Student generations after generation 0 (the library default, 4 trainings in all)."""
+    loss: Literal["ban", "ban+label", "kd", "cwtm", "dkpp"] = "ban"
+    """``ban``: soft-target CE at T=1 against the previous generation, no label term; ``ban+label`` adds CE;
+    ``kd``: w_ce·CE + w_kd·KD_T; ``cwtm``: label CE weighted by the teacher's per-sample confidence; ``dkpp``:
+    soft-target CE against the teacher distribution with its non-arg-max entries permuted [unverified forms]."""
+    T: float = 1.0
+    """Temperature of the ``kd`` loss."""
+    w_ce: float = 0.1
+    """Label CE weight of the ``kd`` loss."""
+    w_kd: float = 0.9
+    """Distillation weight of the ``kd`` loss."""
+    kl_reduction: KLReduction = "batchmean"
+    """Reduction of the ``kd`` loss's KL (the ``ban_reimpl`` preset uses ``elementwise_mean``)."""
+    ensemble_gen0: bool = False
+    """Include generation 0 in the ensemble."""
+    generation: int = -1
+    """Which generation this run is: -1 runs them all (what users set); k ≥ 0 is one generation (set by the runner)."""
+
+
+@register_method("ban")
+class BornAgain(TeacherMethod):
+    """Born-again networks: N generations, each distilled from the previous one; ensemble of generations."""
+
+    Options = BANOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "official": {"loss": "ban", "T": 1.0},
+        "clean": {"loss": "ban", "T": 1.0},
+        "ban_reimpl": {"loss": "kd", "T": 20.0, "w_ce": 0.1, "w_kd": 0.9, "kl_reduction": "elementwise_mean"},
+    }
+
+    @classmethod
+    def stages(cls, options: BANOptions, cfg: RunConfig) -> list[RunConfig] | None:
+        """One run config per generation (``None`` when this run is itself one generation)."""
+        if options.generation >= 0:
+            return None
+        if options.generations < 1:
+            from ..config import ConfigError
+
+            raise ConfigError("method.generations must be at least 1")
+        top = Path(cfg.out) / cfg.run_name()
+        out = []
+        for k in range(options.generations + 1):
+            d = to_dict(cfg)
+            d["method"] = {**cfg.method, "generation": k,
+                           "teacher": str(top / f"gen{k - 1}" / "last.pt") if k else ""}
+            d.update(name=f"gen{k}", out=str(top), seed=cfg.seed + k)
+            out.append(from_dict(RunConfig, d))
+        return out
+
+    @classmethod
+    def finish_stages(cls, options: BANOptions, cfg: RunConfig, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+        """The run's summary: the last generation's metrics, every generation's, the ensembles, the total cost."""
+        top = Path(cfg.out) / cfg.run_name()
+        gens = [{"generation": k, "run": s["run"], "last": s["last"], "best_val": s["best_val"],
+                 "seconds_per_epoch": s["seconds_per_epoch"]} for k, s in enumerate(summaries)]
+        summary = copy.deepcopy(summaries[-1])
+        summary.update(run=str(top), seed=cfg.seed, config=to_dict(cfg), generations=gens,
+                       ensemble=ensemble_metrics([Path(s["run"]) / "last.pt" for s in summaries], cfg,
+                                                 options.ensemble_gen0),
+                       seconds_per_epoch=sum(s["seconds_per_epoch"] for s in summaries),
+                       passes_per_step=sum(s["passes_per_step"] for s in summaries),
+                       images_per_s=1.0 / sum(1.0 / s["images_per_s"] for s in summaries))
+        summary["cost_note"] = "seconds_per_epoch and passes_per_step are summed over all generations"
+        last_csv = Path(summaries[-1]["run"]) / "metrics.csv"
+        if last_csv.is_file():  # the curves of the run are the last generation's
+            shutil.copyfile(last_csv, top / "metrics.csv")
+        return summary
+
+    def setup(self, model: nn.Module) -> None:
+        """Generation 0 has no teacher; later generations load the previous one."""
+        if self.opt.generation != 0:
+            super().setup(model)
+
+    def teachers(self) -> dict[str, nn.Module]:
+        """The previous generation (none for generation 0)."""
+        return {} if self.opt.generation == 0 else {f"teacher (generation {self.opt.generation - 1})": self.teacher}
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        zs = model(batch.x)
+        y = batch.y
+        if o.generation == 0:
+            return StepOutput({"ce": cross_entropy(zs, y)}, zs, y)
+        zt = self.teacher(batch.x)
+        pt = zt.softmax(1)
+        if o.loss == "ban":
+            losses = {"soft_ce": soft_cross_entropy(zs, pt)}
+        elif o.loss == "ban+label":
+            losses = {"soft_ce": soft_cross_entropy(zs, pt), "ce": cross_entropy(zs, y)}
+        elif o.loss == "kd":
+            losses = {"ce": o.w_ce * cross_entropy(zs, y), "kd": o.w_kd * kd_loss(zt, zs, o.T, o.kl_reduction)}
+        elif o.loss == "cwtm":
+            w = cwtm_weights(pt)
+            losses = {"cwtm": (w * F.cross_entropy(zs.float(), y, reduction="none")).sum()}
+        else:
+            losses = {"soft_ce": soft_cross_entropy(zs, dkpp_targets(pt, batch.generator()))}
+        return StepOutput(losses, zs, y)
+
+
+@torch.no_grad()
+def ensemble_metrics(checkpoints: list[Path], cfg: RunConfig, include_gen0: bool = False) -> list[dict[str, Any]]:
+    """Test (and validation) metrics of the mean-softmax ensemble of generations 1..k, for each k."""
+    from ..data import DataModule
+    from ..engine.metrics import MetricAccumulator
+    from ..engine.state import load_frozen_model
+    from ..engine.trainer import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    data = DataModule(cfg.data, device)
+    models = [load_frozen_model(p, device) for p in checkpoints]
+    first = 0 if include_gen0 else 1
+    splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
+    out = []
+    for k in range(max(first, 1), len(models)):
+        row: dict[str, Any] = {"generations": list(range(first, k + 1))}
+        for name, split in splits.items():
+            acc = MetricAccumulator(device)
+            for x, y in data.eval_batches(split):
+                probs = torch.stack([m(x).float().softmax(1) for m in models[first:k + 1]]).mean(0)
+                acc.update(probs.clamp_min(1e-12).log(), y)
+            row.update({f"{name}_{m}": v for m, v in acc.compute().items() if m != "n"})
+        out.append(row)
+    return out

@@ -1,0 +1,57 @@
+"""Hinton KD: a student matches a frozen teacher's softened outputs (methods.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..data.loader import Batch
+from ..losses import KLReduction, cross_entropy, kd_loss
+from .base import Method, StepOutput, register_method
+from .teacher import TeacherOptions, load_teacher
+
+
+@dataclass
+class KDOptions(TeacherOptions):
+    """Hinton KD options (defaults: CIFAR P-CRD, RepDistiller ``-r 0.1 -a 0.9``)."""
+
+    T: float = 4.0
+    """Distillation temperature."""
+    w_ce: float = 0.1
+    """Weight of the label cross-entropy."""
+    w_kd: float = 0.9
+    """Weight of ``KD_T(teacher, student)`` (already ×T²)."""
+    kl_reduction: KLReduction = "batchmean"
+    """Reduction of the KL over rows (``elementwise_mean`` divides by B·K)."""
+
+
+class TeacherMethod(Method):
+    """Base of methods with a frozen teacher: loads it at set-up and exposes it for the start-of-run evaluation."""
+
+    def setup(self, model: nn.Module) -> None:
+        """Load the frozen teacher named in the options."""
+        self.teacher = load_teacher(self.opt, self.ctx)
+
+    def teachers(self) -> dict[str, nn.Module]:
+        """The teacher, evaluated and logged by the engine before training."""
+        return {"teacher": self.teacher}
+
+
+@register_method("kd")
+class HintonKD(TeacherMethod):
+    """Hinton KD: L = w_ce·CE(z_s, y) + w_kd·KD_T(z_t, z_s) with a frozen teacher on the same view."""
+
+    Options = KDOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cifar": {"T": 4.0, "w_ce": 0.1, "w_kd": 0.9},
+        "imagenet": {"T": 1.0, "w_ce": 0.5, "w_kd": 0.5},
+    }
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        zs = model(batch.x)
+        zt = self.teacher(batch.x)
+        return StepOutput({"ce": o.w_ce * cross_entropy(zs, batch.y),
+                           "kd": o.w_kd * kd_loss(zt, zs, o.T, o.kl_reduction)}, zs, batch.y)
