@@ -213,7 +213,7 @@ def teacher_ckpt(tmp_path_factory):
 
 @pytest.mark.parametrize("method", [
     {"name": "kd"}, {"name": "dkd", "preset": "clean", "warmup": 1}, {"name": "sld", "gamma": 1},
-    {"name": "sld_self", "gamma": 1},
+    {"name": "sld_self", "gamma": 1}, {"name": "tfkd_self", "preset": "official"},
 ])
 def test_end_to_end_with_a_trained_teacher(tmp_path, teacher_ckpt, method):
     if method["name"] != "sld_self":

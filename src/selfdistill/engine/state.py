@@ -20,8 +20,8 @@ class SampleMemory:
     """
 
     def __init__(self, num_samples: int, width: int, device: torch.device | str = "cpu",
-                 fill: float = 0.0, dist_info: DistInfo | None = None) -> None:
-        self.table = torch.full((num_samples, width), fill, device=device)
+                 fill: float = 0.0, dist_info: DistInfo | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.table = torch.full((num_samples, width), fill, device=device, dtype=dtype)
         self.dist = dist_info or DistInfo()
 
     def read(self, index: Tensor) -> Tensor:

@@ -1,0 +1,82 @@
+"""Augmentation-consistency self-distillation: views of one image teach each other (methods.md §7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.loader import Batch, DataRequirements
+from ..losses import KLReduction, cross_entropy, kd_loss, kl_rows
+from .base import Method, StepOutput, register_method
+
+
+def jsd(logits: list[Tensor]) -> Tensor:
+    """``(1/n) Σ_v KL(σ(z^v) ‖ M)`` with ``M`` the mean of the views' softmaxes, mean over rows (no stop-gradient);
+    between 0 and ``log n``."""
+    with torch.autocast(logits[0].device.type, enabled=False):
+        probs = [F.softmax(z.float(), 1) for z in logits]
+        log_m = torch.stack(probs).mean(0).clamp_min(1e-12).log()
+        return torch.stack([kl_rows(p, log_m) for p in probs]).mean(0).mean()
+
+
+@dataclass
+class ConsistencyOptions:
+    """Augmentation-consistency options (defaults: ``symmetric_kl``, two weak views, T = 4, λ = 1)."""
+
+    form: Literal["symmetric_kl", "one_way", "jsd"] = "symmetric_kl"
+    """``symmetric_kl``: every view teaches every other (detached targets); ``one_way``: weak → strong;
+    ``jsd``: Jensen–Shannon divergence of all views (no stop-gradient), CE on the first (clean) view only."""
+    views: int = 2
+    """Views per image (``jsd`` uses a clean view and ``views − 1`` augmented ones)."""
+    T: float = 4.0
+    """Temperature of the KL forms."""
+    lam: float = 1.0
+    """Weight of the consistency term (the AugMix JSD weight is 12)."""
+    kl_reduction: KLReduction = "batchmean"
+    """Reduction of the KL terms."""
+
+
+@register_method("consistency")
+class AugmentationConsistency(Method):
+    """Views of the same image pulled together: CE on the views plus a KL (or JSD) between their predictions."""
+
+    Options = ConsistencyOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "official": {"form": "symmetric_kl", "views": 2, "T": 4.0, "lam": 1.0},
+        "clean": {"form": "symmetric_kl", "views": 2, "T": 4.0, "lam": 1.0},
+        "augmix": {"form": "jsd", "views": 3, "lam": 12.0},
+        "weak_strong": {"form": "one_way", "views": 2},
+    }
+
+    @classmethod
+    def data_requirements(cls, options: ConsistencyOptions) -> DataRequirements:
+        if options.views < 2:
+            from ..config import ConfigError
+
+            raise ConfigError("method.views must be at least 2 for consistency training")
+        rest = ("strong",) if options.form in ("one_way", "jsd") else ("weak",)
+        return DataRequirements(views=("weak",) + rest * (options.views - 1))
+
+    @classmethod
+    def cost(cls, options: ConsistencyOptions) -> float:
+        return float(options.views)
+
+    def training_step(self, model, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        n = len(batch.views)
+        z = list(model(torch.cat(batch.views)).chunk(n))
+        y = batch.y
+        if o.form == "jsd":
+            return StepOutput({"ce": cross_entropy(z[0], y), "jsd": o.lam * jsd(z)}, z[0], y)
+        ce = sum(cross_entropy(zv, y) for zv in z) / n
+        if o.form == "one_way":
+            cons = kd_loss(z[0].detach(), z[-1], o.T, o.kl_reduction)
+        else:
+            cons = sum(kd_loss(z[w].detach(), z[v], o.T, o.kl_reduction)
+                       for v in range(n) for w in range(n) if v != w)
+        return StepOutput({"ce": ce, "consistency": o.lam * cons}, z[0], y,
+                          {"view_agree": (z[0].argmax(1) == z[-1].argmax(1)).float().mean()})
