@@ -70,21 +70,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, base_lr:
 
 
 class ModelEMA(nn.Module):
-    """Exponential moving average of a model's parameters and floating buffers (integer buffers copied)."""
+    """Exponential moving average of a model's parameters and floating buffers (``average_buffers=False``: buffers
+    such as BatchNorm statistics are copied from the model instead; integer buffers are always copied)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, average_buffers: bool = True) -> None:
         super().__init__()
         self.decay = decay
+        self.average_buffers = average_buffers
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self.params = {k for k, _ in self.module.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """``ema ← decay·ema + (1−decay)·model``."""
         src = model.state_dict()
         for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
+            if v.dtype.is_floating_point and (self.average_buffers or k in self.params):
                 v.lerp_(src[k].detach(), 1 - self.decay)
             else:
                 v.copy_(src[k])

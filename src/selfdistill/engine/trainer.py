@@ -349,9 +349,10 @@ class Trainer:
             if self.data.val is not None:
                 row.update({f"val_{k}": v for k, v in self.evaluate(self.model, self.data.val).compute().items()
                             if k != "n"})
-            if self.ema is not None:
-                row.update({f"ema_test_{k}": v for k, v in self.evaluate(self.ema.module, self.data.test).compute()
-                            .items() if k != "n"})
+            extra = {**({"ema": self.ema.module} if self.ema is not None else {}), **self.method.eval_models()}
+            for name, model in extra.items():
+                row.update({f"{name}_test_{k}": v for k, v in self.evaluate(model, self.data.test).compute().items()
+                            if k != "n"})
         row["train_time_s"] = train_s
         row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
         return row

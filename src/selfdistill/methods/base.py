@@ -98,6 +98,11 @@ class Method:
         """Frozen models the engine evaluates and logs at the start of the run (teacher accuracy)."""
         return {}
 
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Extra models the engine evaluates with the student at every evaluation (e.g. an EMA teacher); their
+        metrics are logged as ``<name>_test_*``."""
+        return {}
+
     def trainable_modules(self) -> list[nn.Module]:
         """Extra modules optimised with the model but not part of the exported model (auxiliary heads)."""
         return []

@@ -1,0 +1,100 @@
+"""Supervised mean teacher: an EMA copy of the network teaches the student across views (methods.md §8.6)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.loader import Batch, DataRequirements
+from ..engine.distributed import unwrap
+from ..engine.optim import ModelEMA
+from ..losses import cross_entropy, kd_loss
+from .base import Method, StepOutput, register_method
+
+
+@dataclass
+class MeanTeacherOptions:
+    """Mean-teacher options (library design)."""
+
+    T: float = 4.0
+    """Temperature of the ``kl`` consistency."""
+    lam: float = 1.0
+    """Weight of the consistency term after the ramp."""
+    ramp_fraction: float = 0.05
+    """Fraction of training over which the weight ramps up as ``exp(−5(1 − t)²)``."""
+    ema_decay: float = 0.999
+    """EMA decay per step (the start value under the cosine schedule)."""
+    ema_schedule: Literal["constant", "cosine"] = "constant"
+    """``cosine``: decay rises from ``ema_decay`` to 1 over training (DINO-style)."""
+    consistency: Literal["kl", "mse_prob"] = "kl"
+    """``kl``: KD_T(sg z_t, z_s); ``mse_prob``: mean squared error between the probabilities (the original form)."""
+    student_view: Literal["weak", "strong"] = "weak"
+    """The student's view: an independent weak view or a strong (RandAugment + Cutout) one."""
+
+
+@register_method("mean_teacher")
+class MeanTeacher(Method):
+    """Mean teacher: CE on the student view + λ(e)·consistency with the EMA model's prediction on a weak view."""
+
+    Options = MeanTeacherOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"consistency": "mse_prob"},
+                                                    "clean": {"consistency": "kl"}}
+
+    @classmethod
+    def data_requirements(cls, options: MeanTeacherOptions) -> DataRequirements:
+        return DataRequirements(views=("weak", options.student_view))
+
+    def setup(self, model: nn.Module) -> None:
+        """The EMA teacher starts equal to the student; BN buffers are copied, not averaged."""
+        self.ema = ModelEMA(unwrap(model), self.opt.ema_decay, average_buffers=False)
+        self.step = 0
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """The EMA teacher, reported beside the student."""
+        return {"teacher": self.ema.module}
+
+    def weight(self) -> float:
+        """``λ·exp(−5(1 − t)²)`` during the ramp, ``λ`` after it."""
+        total = self.opt.ramp_fraction * self.ctx.epochs * self.ctx.steps_per_epoch
+        t = min(self.step / total, 1.0) if total > 0 else 1.0
+        return self.opt.lam * math.exp(-5 * (1 - t) ** 2)
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        zs = model(batch.views[1])
+        with torch.no_grad():
+            zt = self.ema.module(batch.views[0]).float()
+        if o.consistency == "kl":
+            cons = kd_loss(zt, zs, o.T)
+        else:
+            with torch.autocast(zs.device.type, enabled=False):
+                cons = F.mse_loss(zs.float().softmax(1), zt.softmax(1))
+        w = self.weight()
+        return StepOutput({"ce": cross_entropy(zs, batch.y), "consistency": w * cons}, zs, batch.y,
+                          {"mt_weight": torch.tensor(w), "ema_decay": torch.tensor(self.ema.decay)})
+
+    def after_step(self, model: nn.Module) -> None:
+        """Advance the EMA teacher (and its decay under the cosine schedule)."""
+        self.step += 1
+        self._schedule_decay()
+        self.ema.update(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA teacher and the step count."""
+        return {"ema": self.ema.module.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the EMA teacher and the step count."""
+        self.ema.module.load_state_dict(state["ema"])
+        self.step = state["step"]
+        self._schedule_decay()
+
+    def _schedule_decay(self) -> None:
+        if self.opt.ema_schedule == "cosine":
+            total = max(self.ctx.epochs * self.ctx.steps_per_epoch, 1)
+            self.ema.decay = 1 - (1 - self.opt.ema_decay) * (math.cos(math.pi * min(self.step / total, 1.0)) + 1) / 2
