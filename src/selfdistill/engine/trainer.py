@@ -388,6 +388,8 @@ class Trainer:
             "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
             "best_val": best,
             "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if "ema_test_top1" in last else None,
+            "eval_models_last": {name: {m: last[f"{name}_test_{m}"] for m in metrics}
+                                 for name in self.method.eval_models() if f"{name}_test_top1" in last},
             "last_test_reliability": self.reliability,
             "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
             "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history

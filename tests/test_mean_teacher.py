@@ -1,0 +1,95 @@
+"""Supervised mean teacher: EMA updates, the ramp, no gradient to the teacher, end to end and resume."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import synthetic_config
+from selfdistill import train
+from selfdistill.config import resolve_config
+from selfdistill.data import Batch
+from selfdistill.engine.checkpoint import load_checkpoint
+from selfdistill.engine.optim import ModelEMA
+from selfdistill.methods import MethodContext, build_method
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.LazyLinear(3))
+
+
+def _method(model, **opts):
+    spec = resolve_config({"method": {"name": "mean_teacher", **opts}}).method
+    m = build_method(spec, MethodContext(3, 8, 10, 10, torch.device("cpu")))
+    m.setup(model)
+    return m
+
+
+def test_ema_extremes_and_copied_bn_buffers():
+    model = _model()
+    model(torch.randn(4, 3, 6, 6))
+    for decay, same_as_student in ((0.0, True), (1.0, False)):
+        ema = ModelEMA(model, decay, average_buffers=False)
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model.train()(torch.randn(4, 3, 6, 6) * 3)  # moves the BN running statistics
+        ema.update(model)
+        for k, v in ema.module.state_dict().items():
+            if "running" in k or "num_batches" in k:
+                assert torch.equal(v, model.state_dict()[k]), k  # buffers are copied, whatever the decay
+            elif same_as_student:
+                assert torch.equal(v, model.state_dict()[k]), k
+            else:
+                assert torch.equal(v, before[k]), k
+
+
+def test_ramp_and_no_gradient_to_the_teacher():
+    model = _model()
+    x = torch.randn(4, 3, 6, 6)
+    model(x)
+    m = _method(model, lam=2.0, ramp_fraction=0.5)  # ramp over 0.5 × 10 epochs × 10 steps = 50 steps
+    assert m.weight() == pytest.approx(2.0 * math.exp(-5))
+    batch = Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x, x.flip(3)])
+    out = m.training_step(model, batch, 1)
+    sum(out.losses.values()).backward()
+    assert all(p.grad is None for p in m.ema.module.parameters())
+    m.step = 25
+    assert m.weight() == pytest.approx(2.0 * math.exp(-5 * 0.25))
+    m.step = 80
+    assert m.weight() == pytest.approx(2.0)
+
+
+def test_cosine_decay_schedule_reaches_one():
+    model = _model()
+    model(torch.randn(2, 3, 6, 6))
+    m = _method(model, ema_schedule="cosine", ema_decay=0.996)
+    m.after_step(model)
+    assert 0.996 <= m.ema.decay < 0.9961
+    m.step = 99
+    m.after_step(model)
+    assert m.ema.decay == pytest.approx(1.0)
+
+
+def test_end_to_end_reports_the_teacher_and_resumes_exactly(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(msg):
+        if msg.startswith("epoch 2/2"):
+            raise Stop
+
+    cfg = synthetic_config(tmp_path / "a", name="mt", method={"name": "mean_teacher", "ema_decay": 0.9})
+    with pytest.raises(Stop):
+        train(cfg, log=stop)
+    s = train(cfg, resume=True, log=lambda m: None)
+    assert math.isfinite(s["eval_models_last"]["teacher"]["top1"])
+    ref = train(synthetic_config(tmp_path / "b", name="mt", method={"name": "mean_teacher", "ema_decay": 0.9}),
+                log=lambda m: None)
+    a = load_checkpoint(tmp_path / "a" / "runs" / "mt" / "last.pt")["method"]
+    b = load_checkpoint(tmp_path / "b" / "runs" / "mt" / "last.pt")["method"]
+    assert a["step"] == b["step"] and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert ref["eval_models_last"] == s["eval_models_last"]
