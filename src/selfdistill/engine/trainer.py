@@ -120,7 +120,7 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
                             self.device, self.dist.rank, self.dist.world, tuple(self.data.mean.tolist()),
-                            tuple(self.data.std.tolist()))
+                            tuple(self.data.std.tolist()), self.data.in_chans, self.data.image_size)
         self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
         self.extra = [m.to(self.device) for m in self.method.trainable_modules()]

@@ -1,6 +1,23 @@
 """Training methods, one file each, registered by name (``selfdistill list methods``)."""
 
-from . import ban, ce, consistency, cskd, dkd, dlb, ips, kd, label_smoothing, mean_teacher, pskd, sld, tfkd, zipf  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    ban,
+    byot,
+    ce,
+    consistency,
+    cskd,
+    dkd,
+    dlb,
+    ips,
+    kd,
+    label_smoothing,
+    mean_teacher,
+    pskd,
+    sld,
+    tfkd,
+    uskd,
+    zipf,
+)
 from .base import (
     METHODS,
     Method,

@@ -53,6 +53,10 @@ class MethodContext:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     """The student's input normalisation (per channel), for teachers trained with other statistics."""
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    in_chans: int = 3
+    """Input channels."""
+    image_size: int = 32
+    """Training image side (for probing feature shapes)."""
 
 
 class Method:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import did_you_mean
@@ -42,3 +44,46 @@ class FeatureTaps:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage output of a backbone: module name, channels and spatial size (for an input of the probed size)."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+
+
+def find_stages(model: nn.Module, in_chans: int, image_size: int) -> list[Stage]:
+    """The backbone's stages, shallow to deep: for each spatial resolution, the last container module (a module
+    with sub-modules) whose output is a 4-D feature map at that resolution.
+
+    Candidates are the model's top-level containers; a model whose body is one big container (``features``,
+    ``layers``) is searched one level inside it. Found with one dummy forward in eval mode (no state changes).
+    """
+    containers = [(n, m) for n, m in model.named_children() if any(True for _ in m.children())]
+    if len(containers) == 1 or (containers and max(len(list(m.children())) for _, m in containers) > 8):
+        name, body = max(containers, key=lambda c: len(list(c[1].children())))
+        containers = [(n, m) for n, m in containers if m is not body]
+        containers += [(f"{name}.{n}", m) for n, m in body.named_children()]
+    outputs: dict[str, tuple[int, ...]] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: outputs.__setitem__(n, tuple(out.shape))
+                                       if isinstance(out, Tensor) else None) for n, m in containers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, in_chans, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    order = [n for n, _ in containers if n in outputs and len(outputs[n]) == 4]
+    stages: dict[tuple[int, int], Stage] = {}
+    for n in order:  # execution order of named children follows definition order in these models
+        _, c, h, w = outputs[n]
+        stages.pop((h, w), None)
+        stages[(h, w)] = Stage(n, c, h, w)
+    return list(stages.values())

@@ -1,0 +1,103 @@
+"""USKD: normalised self-KD with customised target and Zipf non-target soft labels (methods.md §14)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.loader import Batch
+from ..engine.distributed import unwrap
+from ..losses import cross_entropy, soft_cross_entropy
+from ..models.features import FeatureTaps, find_stages
+from .base import Method, StepOutput, register_method
+from .zipf import zipf_targets
+
+
+def uskd_target_weights(s_y: Tensor) -> Tensor:
+    """``p_i = s_{i,y}² + 1 − mean_batch(s_y²)`` (detached; its batch mean is exactly 1)."""
+    sq = s_y.detach() ** 2
+    return sq + 1 - sq.mean()
+
+
+def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
+    """Zipf (1/rank) soft labels over the non-target classes, ranked by ``softmax(w)_c/(1 − softmax(w)_y) +
+    s_c/(1 − s_y)``; 0 at the label, rows sum to 1."""
+    s, sw = z.detach().float().softmax(1), w.detach().float().softmax(1)
+    s_y, sw_y = s.gather(1, y[:, None]), sw.gather(1, y[:, None])
+    score = sw / (1 - sw_y).clamp_min(1e-12) + s / (1 - s_y).clamp_min(1e-12)
+    return zipf_targets(score, y, power=1.0, rank_scope="nontarget")
+
+
+@dataclass
+class USKDOptions:
+    """USKD options (defaults: CIFAR-100 values of ``yzd-v/cls_KD``)."""
+
+    alpha: float = 0.1
+    """Weight of the normalised target term (ImageNet: 1)."""
+    beta: float = 0.1
+    """Weight of the non-target term."""
+    mu: float = 0.1
+    """Weight of the weak head's label-smoothed CE (ImageNet: 0.005)."""
+    tap: str = ""
+    """Module feeding the weak head (empty: the penultimate stage, found automatically)."""
+
+
+@register_method("uskd")
+class UniversalSelfKD(Method):
+    """USKD: CE + α·normalised target term + β·Zipf non-target term + a weak auxiliary head on a shallower stage."""
+
+    Options = USKDOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"alpha": 0.1, "beta": 0.1, "mu": 0.1},
+                                                    "clean": {"alpha": 0.1, "beta": 0.1, "mu": 0.1},
+                                                    "imagenet": {"alpha": 1.0, "beta": 0.1, "mu": 0.005}}
+
+    def setup(self, model: nn.Module) -> None:
+        """Attach the weak head (pooling + linear) to the penultimate stage or the named tap."""
+        net = unwrap(model)
+        stages = find_stages(net, self.ctx.in_chans, self.ctx.image_size)
+        if self.opt.tap:
+            stage = next((s for s in stages if s.name == self.opt.tap), None)
+            name = self.opt.tap
+        else:
+            if len(stages) < 2:
+                raise ValueError("uskd: the backbone has fewer than two stages; name the weak head's tap in method.tap")
+            stage, name = stages[-2], stages[-2].name
+        self.taps = FeatureTaps(net, [name])
+        if stage is None:  # a named tap that is not a stage output: measure its channels
+            net.eval()
+            with torch.no_grad():
+                net(torch.zeros(2, self.ctx.in_chans, self.ctx.image_size, self.ctx.image_size,
+                                device=next(net.parameters()).device))
+            net.train()
+            channels = self.taps.features[name].shape[1]
+        else:
+            channels = stage.channels
+        self.tap = name
+        self.weak = nn.Linear(channels, self.ctx.num_classes)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The weak head (optimised, not exported)."""
+        return [self.weak]
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        y = batch.y
+        z = model(batch.x)
+        w = self.weak(torch.flatten(F.adaptive_avg_pool2d(self.taps.features[self.tap], 1), 1))
+        k = z.shape[1]
+        with torch.autocast(z.device.type, enabled=False):
+            log_s = F.log_softmax(z.float(), 1)
+            log_s_y = log_s.gather(1, y[:, None])[:, 0]
+            target = -(uskd_target_weights(log_s_y.exp()) * log_s_y).mean()
+            gt = F.one_hot(y, k).bool()
+            log_nt = F.log_softmax(z.float().masked_fill(gt, -math.inf), 1).masked_fill(gt, 0.0)
+            nontarget = -(uskd_nontarget_targets(z, w, y) * log_nt).sum(1).mean()
+        smooth = 0.9 * F.one_hot(y, k).float() + 0.1 / k
+        return StepOutput({"ce": cross_entropy(z, y), "target": o.alpha * target, "nontarget": o.beta * nontarget,
+                           "weak": o.mu * soft_cross_entropy(w, smooth)}, z, y,
+                          {"weak_acc": (w.argmax(1) == y).float().mean()})
