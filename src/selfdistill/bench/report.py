@@ -221,6 +221,21 @@ def _write_csv(runs: list[Run], path: Path) -> None:
                         s["seconds_per_epoch"], s["images_per_s"], s["passes_per_step"], s["run"]])
 
 
+def self_supervised_lines(cells: list[Cell]) -> list[str]:
+    """Self-supervised runs: their own evaluation metrics (k-NN, linear probe), mean ± std over seeds."""
+    if not cells:
+        return []
+    keys = sorted({k for c in cells for r in c.runs for k in r.summary.get("extra_last", {})})
+    lines = ["", "Self-supervised (labels unused in training; accuracy of frozen features, last epoch):", "",
+             "| method | n | " + " | ".join(keys) + " | s/epoch |", "|" + "---|" * (len(keys) + 3)]
+    for cell in cells:
+        vals = [fmt(*mean_std([r.summary["extra_last"][k] for r in cell.runs if k in r.summary["extra_last"]]))
+                for k in keys]
+        lines.append(f"| `{cell.label}` | {len(cell.runs)} | " + " | ".join(vals)
+                     + f" | {statistics.fmean(cell.values('seconds_per_epoch')):.1f} |")
+    return lines
+
+
 def teacher_lines(cells: list[Cell]) -> list[str]:
     """The frozen teachers the group's runs were distilled from, with their measured accuracy."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -283,8 +298,11 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
         lines += [f"## {dataset} / {model}", "",
                   f"{first['num_train']} training images, {first['num_val']} validation, {first['num_test']} test; "
                   f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}.", ""]
-        lines += group_table(cells, baseline)
-        lines += teacher_lines(cells) + generation_lines(cells)
+        supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
+        lines += group_table(supervised, baseline) if supervised else []
+        lines += teacher_lines(supervised) + generation_lines(supervised)
+        lines += self_supervised_lines([c for c in cells if c not in supervised])
+        cells = supervised or cells
         _plot_curves(cells, f"{dataset} / {model}: test top-1", out / f"curves_{slug}.png")
         _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
                           out / f"reliability_{slug}.png")

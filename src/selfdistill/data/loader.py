@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..config import DataConfig
 from .augment import crop_flip, normalize, sample_crop_flip
+from .multicrop import MultiCrop, resized_crops, sample_crops
 from .samplers import SAMPLERS, IndexBatch, rank_slice
 from .sources import DATASETS, DataError, RawData, Split
 from .splits import make_splits
@@ -57,6 +58,8 @@ class DataRequirements:
     then RandAugment + Cutout, :mod:`selfdistill.data.strong`)."""
     batch_scale: float = 1.0
     """Anchors per step as a fraction of ``data.batch_size`` (e.g. ½ when partners count towards the batch)."""
+    multicrop: MultiCrop | None = None
+    """Multi-crop views instead of ``views``: global crops first, then local crops (DINO)."""
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -110,7 +113,9 @@ class DataModule:
             raise ValueError(f"{batch} anchors per step (data.batch_size={self.cfg.batch_size} × {req.batch_scale}) "
                              f"is the global batch and must be a positive multiple of the world size {self.world}")
         sampler = SAMPLERS[req.sampler](self.train.labels, batch, self.cfg.drop_last, seed)
-        return TrainLoader(self, sampler, req.views, seed)
+        if req.multicrop is not None and not self.in_memory:
+            raise ValueError("multi-crop views need in-memory data (data.in_memory)")
+        return TrainLoader(self, sampler, req.views, seed, req.multicrop)
 
     def _prepare(self, images_u8: Tensor) -> Tensor:
         return normalize(images_u8, self.mean, self.std).contiguous(memory_format=self.memory_format)
@@ -134,8 +139,10 @@ class DataModule:
 class TrainLoader:
     """Iterates one epoch's batches from any step, deterministically from ``(seed, epoch, step)``."""
 
-    def __init__(self, data: DataModule, sampler, views: tuple[str, ...], seed: int) -> None:
+    def __init__(self, data: DataModule, sampler, views: tuple[str, ...], seed: int,
+                 multicrop: MultiCrop | None = None) -> None:
         self.data = data
+        self.multicrop = multicrop
         self.sampler = sampler
         self.views = views
         self.seed = seed
@@ -170,6 +177,10 @@ class TrainLoader:
         return batch
 
     def _draw(self, gen: torch.Generator, n: int) -> list:
+        mc = self.multicrop
+        if mc is not None:
+            return [(sample_crops(n, mc.global_scale, mc.jitter, gen), mc.global_size) for _ in range(mc.n_global)] \
+                + [(sample_crops(n, mc.local_scale, mc.jitter, gen), mc.local_size) for _ in range(mc.n_local)]
         aug = self.data.cfg.augment
         return [(sample_crop_flip(n, aug.crop_padding, aug.hflip, gen),
                  sample_strong(n, aug.randaugment_ops, aug.randaugment_magnitude, aug.cutout, gen)
@@ -181,6 +192,9 @@ class TrainLoader:
         pad = d.cfg.augment.crop_padding
         views = []
         for crop, strong in params:
+            if isinstance(strong, int):  # a multi-crop view: (crop parameters, output size)
+                views.append(d._prepare(resized_crops(imgs, crop[sl], strong)))
+                continue
             v = crop_flip(imgs, pad, crop[sl])
             if strong is not None:
                 v = strong_augment(v, strong[sl], self.fill)

@@ -231,6 +231,7 @@ class Trainer:
         cfg = self.cfg
         ckpt_path = self.run_dir / CHECKPOINT
         self.history: list[dict[str, float]] = []
+        self.extra_keys: set[str] = set()
         self.reliability: dict[str, list[float]] | None = None
         self.global_step = 0
         self.train_time = 0.0
@@ -297,8 +298,9 @@ class Trainer:
             self.global_step += 1
             images += len(batch) * self.dist.world
             with torch.no_grad():
-                acc["n"] += out.targets.numel()
-                acc["correct"] += topk_correct(out.logits.detach().float(), out.targets, 1)
+                if out.logits is not None:  # a self-supervised method has no training accuracy
+                    acc["n"] += out.targets.numel()
+                    acc["correct"] += topk_correct(out.logits.detach().float(), out.targets, 1)
                 acc["steps"] += 1
                 for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total,
                              **out.stats}.items():
@@ -341,7 +343,7 @@ class Trainer:
         for k, v in acc.items():
             if k not in ("n", "correct", "steps"):
                 row[f"train_{k}"] = float(v) / steps
-        row["train_top1"] = 100 * float(acc["correct"]) / max(float(acc["n"]), 1.0)
+        row["train_top1"] = 100 * float(acc["correct"]) / float(acc["n"]) if float(acc["n"]) > 0 else math.nan
         if epoch % self.cfg.train.eval_every == 0 or epoch == self.cfg.train.epochs:
             test = self.evaluate(self.model, self.data.test)
             self.reliability = test.reliability()
@@ -353,6 +355,9 @@ class Trainer:
             for name, model in extra.items():
                 row.update({f"{name}_test_{k}": v for k, v in self.evaluate(model, self.data.test).compute().items()
                             if k != "n"})
+            extra_metrics = self.method.extra_metrics(self.model, self.data, epoch == self.cfg.train.epochs)
+            self.extra_keys.update(extra_metrics)
+            row.update(extra_metrics)
         row["train_time_s"] = train_s
         row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
         return row
@@ -388,6 +393,8 @@ class Trainer:
             "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
             "best_val": best,
             "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if "ema_test_top1" in last else None,
+            "supervised": type(self.method).supervised,
+            "extra_last": {k: last[k] for k in sorted(self.extra_keys) if k in last},
             "eval_models_last": {name: {m: last[f"{name}_test_{m}"] for m in metrics}
                                  for name in self.method.eval_models() if f"{name}_test_top1" in last},
             "last_test_reliability": self.reliability,

@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (registration)
     ce,
     consistency,
     cskd,
+    dino,
     dkd,
     dlb,
     ips,

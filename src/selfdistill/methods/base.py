@@ -34,7 +34,7 @@ class StepOutput:
     """
 
     losses: dict[str, Tensor]
-    logits: Tensor
+    logits: Tensor | None
     targets: Tensor
     stats: dict[str, Tensor] = field(default_factory=dict)
 
@@ -68,6 +68,8 @@ class Method:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     """Named option sets (e.g. ``official``/``clean``), selected with ``method.preset``."""
     requirements: ClassVar[DataRequirements] = DataRequirements()
+    supervised: ClassVar[bool] = True
+    """False for self-supervised methods: their runs are compared by their ``extra_metrics`` (k-NN, probes)."""
     passes_per_step: ClassVar[float] = 1.0
     """Trained forward+backward passes per optimiser step, in units of the configured batch B (cost)."""
 
@@ -105,6 +107,11 @@ class Method:
     def eval_models(self) -> dict[str, nn.Module]:
         """Extra models the engine evaluates with the student at every evaluation (e.g. an EMA teacher); their
         metrics are logged as ``<name>_test_*``."""
+        return {}
+
+    def extra_metrics(self, model: nn.Module, data: Any, final: bool) -> dict[str, float]:
+        """Method-specific evaluation at every evaluation epoch (e.g. k-NN accuracy of self-supervised features);
+        ``final`` is true at the last epoch. Keys are logged as given."""
         return {}
 
     def trainable_modules(self) -> list[nn.Module]:

@@ -1,0 +1,277 @@
+"""DINO: self-supervised self-distillation with an EMA teacher, centring and sharpening (methods.md §8).
+
+The student (backbone + projection head) sees global and local crops, the EMA teacher the global crops; the
+student predicts the teacher's centred, sharpened distribution of every other crop. Labels are not used. The
+features are evaluated by k-NN (k = 20, votes ``exp(sim/0.07)``) at every evaluation and by a linear probe at
+the end, for the student and the teacher; collapse monitors are logged every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.loader import Batch, DataRequirements
+from ..data.multicrop import MultiCrop
+from ..engine.distributed import unwrap
+from ..engine.optim import ModelEMA
+from .base import Method, StepOutput, register_method
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU, no BN) → bottleneck → L2 normalisation → weight-normalised linear layer to ``out_dim``."""
+
+    def __init__(self, in_dim: int, out_dim: int = 4096, hidden: int = 2048, bottleneck: int = 256,
+                 layers: int = 3, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden] * (layers - 1) + [bottleneck]
+        mlp: list[nn.Module] = []
+        for i in range(layers):
+            mlp.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mlp.append(nn.GELU())
+        self.mlp = nn.Sequential(*mlp)
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        g = self.last.parametrizations.weight.original0
+        g.data.fill_(1.0)
+        g.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last(F.normalize(self.mlp(x), dim=-1))
+
+
+def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, tau_s: float, tau_t: float) -> Tensor:
+    """Mean over (teacher crop i, student crop j ≠ i) of ``mean_batch(−Σ_k P_t^i[k] log P_s^j[k])`` with
+    ``P_t = softmax((g_t − c)/τ_t)`` and ``log P_s = log_softmax(g_s/τ_s)``; teacher crops are the first
+    ``len(teacher)`` student crops."""
+    with torch.autocast(center.device.type, enabled=False):
+        targets = [F.softmax((t.float() - center) / tau_t, dim=-1) for t in teacher]
+        logs = [F.log_softmax(s.float() / tau_s, dim=-1) for s in student]
+        terms = [-(p * logs[j]).sum(-1).mean() for i, p in enumerate(targets) for j in range(len(logs)) if j != i]
+        return torch.stack(terms).mean()
+
+
+def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int,
+                 k: int = 20, T: float = 0.07, chunk: int = 1024) -> float:
+    """Weighted k-NN top-1 (%) on L2-normalised features: cosine similarity, top-k votes ``exp(sim/T)``."""
+    train_f, test_f = F.normalize(train_f.float(), dim=1), F.normalize(test_f.float(), dim=1)
+    correct = 0
+    for s in range(0, len(test_f), chunk):
+        sim = test_f[s:s + chunk] @ train_f.T
+        top, idx = sim.topk(min(k, len(train_f)), dim=1)
+        votes = torch.zeros(len(top), num_classes, device=sim.device)
+        votes.scatter_add_(1, train_y[idx], (top / T).exp())
+        correct += int((votes.argmax(1) == test_y[s:s + chunk]).sum())
+    return 100.0 * correct / max(len(test_f), 1)
+
+
+def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int,
+                          steps: int = 100, weight_decay: float = 1e-4) -> float:
+    """Top-1 (%) of a logistic-regression probe on frozen, standardised features (full-batch L-BFGS)."""
+    mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    xs, xt = (train_f - mean) / std, (test_f - mean) / std
+    probe = nn.Linear(xs.shape[1], num_classes).to(xs.device)
+    opt = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(probe(xs), train_y) + weight_decay * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return 100.0 * float((probe(xt).argmax(1) == test_y).float().mean())
+
+
+@dataclass
+class DINOOptions:
+    """DINO options (CIFAR-scale defaults, methods.md §8.4)."""
+
+    out_dim: int = 4096
+    """Output dimension of the head."""
+    hidden_dim: int = 2048
+    """Hidden width of the head's MLP."""
+    bottleneck_dim: int = 256
+    """Bottleneck before the weight-normalised layer."""
+    norm_last_layer: bool = True
+    """Fix the weight-norm gain of the last layer to 1."""
+    student_temp: float = 0.1
+    """Student temperature τ_s."""
+    teacher_temp: float = 0.04
+    """Teacher temperature τ_t (the start value under warm-up)."""
+    teacher_temp_final: float = 0.04
+    """τ_t after the warm-up (the official README recommends 0.07 for long runs)."""
+    teacher_temp_warmup_epochs: int = 0
+    """Epochs of the linear τ_t warm-up."""
+    center_momentum: float = 0.9
+    """Momentum m_c of the centre."""
+    momentum_teacher: float = 0.996
+    """EMA momentum at the start; it follows a cosine to 1."""
+    freeze_last_layer: int = 1
+    """Epochs during which the last layer of the head is not trained."""
+    n_global: int = 2
+    """Global crops (the teacher's views)."""
+    n_local: int = 4
+    """Local crops."""
+    global_size: int = 32
+    """Global crop side (px)."""
+    local_size: int = 16
+    """Local crop side (px)."""
+    global_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+    """Area range of the global crops."""
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    """Area range of the local crops."""
+    knn_k: int = 20
+    """Neighbours of the k-NN evaluation."""
+
+
+@register_method("dino")
+class DINO(Method):
+    """DINO: self-supervised EMA self-distillation with multi-crop, centring and sharpening; k-NN and probe eval."""
+
+    Options = DINOOptions
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"norm_last_layer": True, "freeze_last_layer": 1},
+                                                    "clean": {"norm_last_layer": True, "freeze_last_layer": 1}}
+    supervised = False
+
+    @classmethod
+    def data_requirements(cls, options: DINOOptions) -> DataRequirements:
+        o = options
+        return DataRequirements(multicrop=MultiCrop(o.n_global, o.n_local, o.global_size, o.local_size,
+                                                    tuple(o.global_scale), tuple(o.local_scale)))
+
+    @classmethod
+    def cost(cls, options: DINOOptions) -> float:
+        return options.n_global + options.n_local * (options.local_size / options.global_size) ** 2
+
+    def setup(self, model: nn.Module) -> None:
+        """Build the head, the EMA teacher (backbone + head), the centre, and the feature hooks."""
+        o = self.opt
+        net = unwrap(model)
+        fc = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
+                             norm_last_layer=o.norm_last_layer).to(self.ctx.device)
+        self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher)
+        t_fc = [m for m in self.teacher.module["backbone"].modules() if isinstance(m, nn.Linear)][-1]
+        self.feats: dict[str, Tensor] = {}
+        fc.register_forward_pre_hook(lambda _m, args: self.feats.__setitem__("student", args[0]))
+        t_fc.register_forward_pre_hook(lambda _m, args: self.feats.__setitem__("teacher", args[0]))
+        self.center = torch.zeros(1, o.out_dim, device=self.ctx.device)
+        self.step = 0
+        self.monitor = torch.zeros(2, dtype=torch.float64)  # entropy sum, steps
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The student's projection head."""
+        return [self.head]
+
+    def teacher_temp(self, epoch: int) -> float:
+        """τ_t at 1-based ``epoch``: linear warm-up, then constant."""
+        o = self.opt
+        if epoch > o.teacher_temp_warmup_epochs or o.teacher_temp_warmup_epochs == 0:
+            return o.teacher_temp_final
+        return o.teacher_temp + (o.teacher_temp_final - o.teacher_temp) * (epoch - 1) / o.teacher_temp_warmup_epochs
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Freeze the head's last layer early on; warn on collapse seen in the previous epoch."""
+        self.head.last.parametrizations.weight.original1.requires_grad_(epoch > self.opt.freeze_last_layer)
+        if self.monitor[1] > 0:
+            h = float(self.monitor[0] / self.monitor[1])
+            if h < 0.01 * math.log(self.opt.out_dim) or h > 0.99 * math.log(self.opt.out_dim):
+                warnings.warn(f"dino: teacher entropy {h:.3f} (log K = {math.log(self.opt.out_dim):.3f}) signals "
+                              "collapse; check the temperatures and the centre momentum", stacklevel=2)
+        self.monitor.zero_()
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o = self.opt
+        views, ng = batch.views, o.n_global
+        model(torch.cat(views[:ng]))
+        student = list(self.head(self.feats["student"]).chunk(ng))
+        if len(views) > ng:
+            model(torch.cat(views[ng:]))
+            student += list(self.head(self.feats["student"]).chunk(len(views) - ng))
+        with torch.no_grad():
+            self.teacher.module.train()  # batch statistics, as the official teacher (never put in eval mode)
+            self.teacher.module["backbone"](torch.cat(views[:ng]))
+            t_out = self.teacher.module["head"](self.feats["teacher"]).float()
+        teacher = list(t_out.chunk(ng))
+        tau_t = self.teacher_temp(epoch)
+        loss = dino_loss(student, teacher, self.center, o.student_temp, tau_t)
+        with torch.no_grad():
+            p = F.softmax((t_out - self.center) / tau_t, -1)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+            p_mean = p.mean(0)
+            kl_uniform = (p_mean * (p_mean.clamp_min(1e-12) * o.out_dim).log()).sum()
+            self._update_center(t_out)
+        self.monitor += torch.tensor([float(entropy), 1.0], dtype=torch.float64)
+        stats = {"teacher_entropy": entropy, "kl_teacher_uniform": kl_uniform, "center_norm": self.center.norm(),
+                 "teacher_temp": torch.tensor(tau_t), "momentum": torch.tensor(self.teacher.decay)}
+        return StepOutput({"dino": loss}, None, batch.y, stats)
+
+    def _update_center(self, t_out: Tensor) -> None:
+        """``c ← m_c·c + (1 − m_c)·mean_batch(g_t)`` over all ranks, from the pre-centring teacher outputs."""
+        total = t_out.sum(0, keepdim=True)
+        count = torch.tensor(float(len(t_out)), device=t_out.device)
+        if self.ctx.world > 1:
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        self.center.mul_(self.opt.center_momentum).add_(total / count, alpha=1 - self.opt.center_momentum)
+
+    def after_step(self, model: nn.Module) -> None:
+        """EMA update of the teacher with the cosine momentum schedule."""
+        self.step += 1
+        self._schedule_momentum()
+        self.teacher.update(nn.ModuleDict({"backbone": unwrap(model), "head": self.head}))
+
+    def _schedule_momentum(self) -> None:
+        total = max(self.ctx.epochs * self.ctx.steps_per_epoch, 1)
+        m0 = self.opt.momentum_teacher
+        self.teacher.decay = 1 - (1 - m0) * (math.cos(math.pi * min(self.step / total, 1.0)) + 1) / 2
+
+    @torch.no_grad()
+    def _features(self, backbone: nn.Module, key: str, data: Any, split: Any) -> Tensor:
+        was = backbone.training
+        backbone.eval()
+        out = []
+        bs = data.cfg.eval_batch_size
+        for s in range(0, len(split), bs):  # the whole split on every rank (the bank must be complete)
+            backbone(data._prepare(split.images[s:s + bs]))
+            out.append(self.feats[key].float())
+        backbone.train(was)
+        return torch.cat(out)
+
+    def extra_metrics(self, model: nn.Module, data: Any, final: bool) -> dict[str, float]:
+        """k-NN top-1 of student and teacher features (test; validation if held out); linear probe at the end."""
+        out: dict[str, float] = {}
+        splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
+        y_train = data.train.labels.to(self.ctx.device)
+        for who, backbone in (("student", unwrap(model)), ("teacher", self.teacher.module["backbone"])):
+            f_train = self._features(backbone, who, data, data.train)
+            for name, split in splits.items():
+                f = self._features(backbone, who, data, split)
+                y = split.labels.to(self.ctx.device)
+                out[f"knn_{who}_{name}_top1"] = knn_accuracy(f_train, y_train, f, y, self.ctx.num_classes,
+                                                             self.opt.knn_k)
+                if final:
+                    out[f"probe_{who}_{name}_top1"] = linear_probe_accuracy(f_train, y_train, f, y,
+                                                                            self.ctx.num_classes)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Teacher, centre and step (the momentum schedule's position)."""
+        return {"teacher": self.teacher.module.state_dict(), "center": self.center, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the teacher, the centre and the schedule position."""
+        self.teacher.module.load_state_dict(state["teacher"])
+        self.center.copy_(state["center"])
+        self.step = state["step"]
+        self._schedule_momentum()
