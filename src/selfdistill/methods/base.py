@@ -192,12 +192,13 @@ def build_method(spec: dict[str, Any], ctx: MethodContext) -> Method:
 def describe_method(name: str) -> dict[str, Any]:
     """Options with defaults and docs, requirements and cost of a method (for ``selfdistill list``)."""
     cls = METHODS.get(name)
+    defaults = from_dict(cls.Options, {}, "method")
     return {
         "name": name,
         "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
         "options": {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
                     for f in dataclasses.fields(cls.Options)},
-        "requirements": dataclasses.asdict(cls.requirements),
-        "passes_per_step": cls.passes_per_step,
+        "requirements": dataclasses.asdict(cls.data_requirements(defaults)),
+        "passes_per_step": cls.cost(defaults),
         "presets": sorted(cls.PRESETS),
     }
