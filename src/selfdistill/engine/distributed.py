@@ -55,9 +55,81 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
     if not info.enabled:
         return model
     if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks (every rank's loss depends on the total)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are computed over the whole global batch (all ranks), for CPU/gloo
+    where ``nn.SyncBatchNorm`` is unavailable. The statistics are all-reduced with autograd, so gradients flow
+    through them exactly as in single-process training of the global batch.
+
+    Each layer talks over a process group of its own: parallel branches (a residual block's main path and its
+    shortcut) reach their backward all-reduces in an order that may differ between ranks, and on one shared
+    group those collectives would be paired across layers.
+    """
+
+    group = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
+        group = self.group
+        stats = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]), group)  # two passes: no cancellation
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = _AllReduceSum.apply(((xf - mean[None, :, None, None]) ** 2).sum((0, 2, 3)), group) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every ``BatchNorm2d`` by a synchronised one: ``nn.SyncBatchNorm`` on CUDA, :class:`CPUSyncBatchNorm`
+    elsewhere (parameters and buffers are kept)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, CPUSyncBatchNorm):
+            new = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats).to(device)
+            new.load_state_dict(child.state_dict())
+            if dist.is_initialized():  # created in module order, collectively, on every rank
+                new.group = dist.new_group(backend="gloo")
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            setattr(model, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

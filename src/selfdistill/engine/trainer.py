@@ -284,7 +284,14 @@ class Trainer:
             total = sum(out.losses.values())
             self._check_finite(out.losses, total, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            # DDP averages gradients over ranks; a rank whose share of an uneven (last) batch differs from
+            # global/world is weighted by it, so the update equals one process on the global batch
+            share = len(batch) * self.dist.world / batch.global_size if self.dist.enabled else 1.0
+            self.scaler.scale(total * share).backward()
+            if self.dist.enabled and self.extra:  # method heads live outside DDP: average their gradients
+                for p in (p for m in self.extra for p in m.parameters() if p.grad is not None):
+                    p.grad.div_(self.dist.world)
+                    torch.distributed.all_reduce(p.grad)
             if cfg.optim.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
