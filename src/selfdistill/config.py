@@ -106,7 +106,8 @@ class ModelConfig:
     compile: bool = False
     """Wrap the training model in ``torch.compile``."""
     sync_bn: bool = False
-    """Convert BatchNorm to SyncBatchNorm under DDP."""
+    """Synchronise BatchNorm statistics over all ranks under DDP (``nn.SyncBatchNorm`` on CUDA, a gloo version on
+    CPU)."""
 
 
 @dataclass
