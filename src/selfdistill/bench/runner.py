@@ -44,7 +44,7 @@ class RunSpec:
         """``done``, ``partial`` (has a checkpoint) or ``pending``."""
         if (self.run_dir / "summary.json").is_file():
             return "done"
-        return "partial" if (self.run_dir / "last.pt").is_file() else "pending"
+        return "partial" if self.run_dir.is_dir() and any(self.run_dir.rglob("last.pt")) else "pending"  # or a stage's
 
 
 @dataclass
