@@ -18,9 +18,13 @@ def test_importing_the_package_registers_every_method_module():
     assert out == "[]", f"not imported by selfdistill.methods: {out}"
 
 
+# methods without official-code quirks to switch (library designs, baselines, or no quirk in the spec)
+NO_QUIRKS = {"ce", "ce_2x", "label_smoothing", "ips", "kd", "sld_self"}
+
+
 def test_every_method_has_a_summary_line_and_presets():
     for name in list_methods():
         d = describe_method(name)
         assert d["doc"], name
-        if name not in ("ce", "label_smoothing", "ips"):  # methods with quirk flags carry official/clean presets
-            assert {"official", "clean"} <= set(d["presets"]) or name == "sld_self" or name == "kd", (name, d)
+        if name not in NO_QUIRKS:
+            assert {"official", "clean"} <= set(d["presets"]), (name, d["presets"])

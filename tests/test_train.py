@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -194,3 +195,25 @@ def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root, cifar10_cach
     assert s["num_train"] == 1000 and s["num_val"] == 1000 and s["num_test"] == 10000
     assert 15 < s["last"]["test_top1"] < 100  # above chance (10 %) after 2 short epochs
     assert len(list(cache.glob("imagefolder-*.pt"))) == 2
+
+
+def test_ce_2x_sees_two_views_per_image(tmp_path):
+    from selfdistill.config import resolve_config
+    from selfdistill.data import Batch
+    from selfdistill.methods import MethodContext, build_method
+
+    spec = resolve_config({"method": {"name": "ce_2x"}}).method
+    m = build_method(spec, MethodContext(3, 4, 1, 1, torch.device("cpu")))
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return torch.zeros(x.shape[0], 3, requires_grad=True)
+
+    x1, x2 = torch.zeros(4, 3, 2, 2), torch.ones(4, 3, 2, 2)
+    out = m.training_step(Spy(), Batch(x1, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x1, x2]), 1)
+    assert seen == [8] and out.logits.shape == (4, 3)
+    assert float(out.losses["ce"].detach()) == pytest.approx(math.log(3))
+    s = train(synthetic_config(tmp_path, method={"name": "ce_2x"}, train={"epochs": 1}))
+    assert s["passes_per_step"] == 2.0
