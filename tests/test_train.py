@@ -217,3 +217,10 @@ def test_ce_2x_sees_two_views_per_image(tmp_path):
     assert float(out.losses["ce"].detach()) == pytest.approx(math.log(3))
     s = train(synthetic_config(tmp_path, method={"name": "ce_2x"}, train={"epochs": 1}))
     assert s["passes_per_step"] == 2.0
+
+
+def test_compiled_training_runs_on_cpu(tmp_path):
+    """``model.compile`` trains under TorchInductor on CPU (the first compile takes tens of seconds)."""
+    s = train(synthetic_config(tmp_path, model={"name": "resnet8", "compile": True},
+                               data={"synthetic_size": 64, "drop_last": True}, train={"epochs": 1}))
+    assert math.isfinite(s["last"]["test_nll"])
