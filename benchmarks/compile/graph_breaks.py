@@ -68,7 +68,7 @@ def main() -> int:
         dynamo.reset()
         net = dynamo.explain(model)(batch.views[0])
         dynamo.reset()
-        step = dynamo.explain(lambda b: method.training_step(model, b, 2).losses)(batch)
+        step = dynamo.explain(lambda b, m=method, net_=model: m.training_step(net_, b, 2).losses)(batch)
         rows.append(f"| `{name}` | {net.graph_count} | {net.graph_break_count} | {_reasons(net)} | "
                     f"{step.graph_count} | {step.graph_break_count} | {_reasons(step)} |")
     lines = ["# torch.compile", "",
