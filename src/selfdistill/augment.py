@@ -75,6 +75,17 @@ def box_mask(ratios: Tensor, height: int, width: int, generator: torch.Generator
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
+def grid_swap_mask(n: int, height: int, width: int, grid: int, ratio: Ratio, p: float = 1.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Bool ``(n, 1, H, W)`` masks of ``round(r·grid²)`` random grid cells per pair, ``r`` drawn uniformly from
+    ``ratio`` (a float or a ``(low, high)`` range); a pair is masked at all with probability ``p``."""
+    low, high = (ratio, ratio) if isinstance(ratio, int | float) else ratio
+    ratios = draw_ratios(n, "uniform", low, high, generator=generator)
+    cells = sample_cells(cell_counts(ratios, grid), grid, generator)
+    cells &= (torch.rand(n, generator=generator) < p)[:, None, None]
+    return cells_to_mask(cells, height, width)
+
+
 def swap_with_mask(xa: Tensor, xb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """``(where(M, xb, xa), where(M, xa, xb))``: the two complementary images."""
     mask = mask.to(xa.device)
@@ -100,10 +111,6 @@ def patch_swap(xa: Tensor, xb: Tensor, grid: int, ratio: Ratio, p: float = 1.0,
     if xa.shape != xb.shape or xa.dim() != 4:
         raise ValueError(f"xa and xb must be (N, C, H, W) of one shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
     n, _, h, w = xa.shape
-    low, high = (ratio, ratio) if isinstance(ratio, int | float) else ratio
-    ratios = draw_ratios(n, "uniform", low, high, generator=generator)
-    cells = sample_cells(cell_counts(ratios, grid), grid, generator)
-    cells &= (torch.rand(n, generator=generator) < p)[:, None, None]
-    mask = cells_to_mask(cells, h, w).to(xa.device)
+    mask = grid_swap_mask(n, h, w, grid, ratio, p, generator).to(xa.device)
     xa_s, xb_s = swap_with_mask(xa, xb, mask)
     return xa_s, xb_s, mask

@@ -1,0 +1,1 @@
+"""Tasks beyond image classification (semantic segmentation building blocks; detection to come)."""

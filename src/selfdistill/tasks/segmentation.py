@@ -1,0 +1,141 @@
+"""Semantic-segmentation building blocks for dense IPS (methods.md §1.13): class-presence pairing, the joint
+image + label-map patch swap, the dense distillation losses, and confusion-matrix metrics.
+
+All functions work on batched tensors on any device. Label maps are ``(N, H, W)`` integer tensors in which
+``ignore_index`` marks pixels without a label; ignored pixels move with their patch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..augment import Ratio, grid_swap_mask, swap_with_mask
+from ..losses import kl_rows
+
+
+def class_presence(labels: Tensor, num_classes: int, min_pixels: int = 64, ignore_index: int = 255,
+                   exclude_background: bool = True, background: int = 0) -> Tensor:
+    """Bool ``(N, K)``: class c is present in image n when it covers at least ``min_pixels`` pixels."""
+    flat = labels.flatten(1).long()
+    valid = (flat != ignore_index) & (flat >= 0) & (flat < num_classes)
+    counts = torch.zeros(labels.shape[0], num_classes, device=labels.device)
+    counts.scatter_add_(1, flat.where(valid, 0), valid.float())
+    present = counts >= min_pixels
+    if exclude_background:
+        present[:, background] = False
+    return present
+
+
+def draw_partners(anchors: Tensor, presence: Tensor, generator: torch.Generator) -> Tensor:
+    """For each anchor index, a partner that contains a class ``c*`` drawn uniformly from the anchor's present
+    classes (the partner uniformly among the images containing ``c*``); an anchor without a present class gets
+    a uniformly random partner."""
+    pres = presence.cpu()
+    n = pres.shape[0]
+    a = pres[anchors.cpu()].float()
+    has = a.sum(1) > 0
+    c_star = torch.multinomial(a + (~has)[:, None].float(), 1, generator=generator)[:, 0]
+    holders = pres[:, c_star].T.float()  # (A, N): images containing each anchor's c*
+    partner = torch.multinomial(holders + (holders.sum(1, keepdim=True) == 0).float(), 1, generator=generator)[:, 0]
+    random = torch.randint(0, n, (len(anchors),), generator=generator)
+    return torch.where(has, partner, random).to(anchors.device)
+
+
+def swap_pair(xa: Tensor, xb: Tensor, ya: Tensor, yb: Tensor, grid: int, ratio: Ratio,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Swap the same random grid cells between paired images *and* their label maps.
+
+    Returns ``(xa~, xb~, ya~, yb~, mask)`` with ``mask`` bool ``(N, 1, H, W)``, true where a pixel came from the
+    partner. Pixel values and labels are conserved over each pair.
+    """
+    n, _, h, w = xa.shape
+    mask = grid_swap_mask(n, h, w, grid, ratio, 1.0, generator).to(xa.device)
+    xa_s, xb_s = swap_with_mask(xa, xb, mask)
+    ya_s, yb_s = swap_with_mask(ya, yb, mask[:, 0])
+    return xa_s, xb_s, ya_s, yb_s, mask
+
+
+def _upsample(z: Tensor, size: tuple[int, int]) -> Tensor:
+    return z if z.shape[-2:] == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+
+
+def pixel_agree_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, ignore_index: int = 255
+                     ) -> tuple[Tensor, Tensor]:
+    """``pixel_agree``: over ``Ω = {u : ỹ_a(u) = ỹ_b(u) ≠ ignore}``, the more confident side (higher probability of
+    the label) teaches the other per pixel: ``T²·mean_Ω KL(σ_T(sg z_t) ‖ σ_T(z_s))``; 0 when Ω is empty.
+
+    Logits ``(N, K, h, w)`` are upsampled to the label size. Returns ``(loss, |Ω|)``.
+    """
+    size = ya.shape[-2:]
+    za, zb = _upsample(za.float(), size), _upsample(zb.float(), size)
+    omega = (ya == yb) & (ya != ignore_index)
+    if not bool(omega.any()):
+        return za.sum() * 0.0, omega.sum()
+    k = za.shape[1]
+    pa, pb = za.permute(0, 2, 3, 1)[omega], zb.permute(0, 2, 3, 1)[omega]  # (|Ω|, K)
+    y = ya[omega].long().clamp(0, k - 1)
+    conf_a = pa.softmax(1).gather(1, y[:, None])[:, 0]
+    conf_b = pb.softmax(1).gather(1, y[:, None])[:, 0]
+    a_teaches = (conf_a >= conf_b)[:, None]
+    teacher = torch.where(a_teaches, pa, pb).detach()
+    student = torch.where(a_teaches, pb, pa)
+    kl = kl_rows(F.softmax(teacher / T, 1), F.log_softmax(student / T, 1))
+    return T * T * kl.mean(), omega.sum()
+
+
+def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, min_pixels: int = 64,
+                      ignore_index: int = 255) -> Tensor:
+    """``class_region``: for every pair and every class present (≥ ``min_pixels``) in both swapped maps, the
+    mean tempered distribution over the class's pixels on each side; the side with the higher mean probability
+    of c teaches: ``T²·mean_{pairs, c} KL(sg q_t^c ‖ q_s^c)``; 0 when no class qualifies."""
+    size = ya.shape[-2:]
+    za, zb = _upsample(za.float(), size), _upsample(zb.float(), size)
+    k = za.shape[1]
+
+    def region_means(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        onehot = F.one_hot(y.long().where(y != ignore_index, k), k + 1)[..., :k].float()  # (N, H, W, K)
+        count = onehot.sum((1, 2))  # (N, K)
+        probs = F.softmax(z / T, 1).permute(0, 2, 3, 1)  # (N, H, W, K)
+        q = torch.einsum("nhwc,nhwk->nck", onehot, probs) / count.clamp_min(1)[..., None]  # (N, K classes, K)
+        return q, count
+
+    qa, ca = region_means(za, ya)
+    qb, cb = region_means(zb, yb)
+    valid = (ca >= min_pixels) & (cb >= min_pixels)  # (N, K)
+    if not bool(valid.any()):
+        return za.sum() * 0.0
+    idx = torch.arange(k, device=za.device)
+    pa_c, pb_c = qa[:, idx, idx], qb[:, idx, idx]  # mean probability of c on its own region
+    a_teaches = pa_c >= pb_c
+    teacher = torch.where(a_teaches[..., None], qa, qb).detach()[valid]
+    student = torch.where(a_teaches[..., None], qb, qa)[valid]
+    return T * T * kl_rows(teacher, student.clamp_min(1e-12).log()).mean()
+
+
+class ConfusionMatrix:
+    """Accumulates a ``K × K`` confusion matrix (rows: true class, columns: prediction), ignoring ``ignore_index``."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.k = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch: logits ``(N, K, h, w)`` (upsampled to the labels) and labels ``(N, H, W)``."""
+        pred = _upsample(logits.float(), labels.shape[-2:]).argmax(1)
+        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < self.k)
+        idx = labels[valid].long() * self.k + pred[valid]
+        self.matrix += torch.bincount(idx, minlength=self.k * self.k).reshape(self.k, self.k).to(self.matrix)
+
+    def compute(self) -> dict[str, float | list[float]]:
+        """``miou`` and ``pixel_acc`` in %, ``iou`` per class (NaN for classes absent from labels and predictions)."""
+        m = self.matrix
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+        present = ~torch.isnan(iou)
+        return {"miou": 100 * float(iou[present].mean()) if bool(present.any()) else float("nan"),
+                "pixel_acc": 100 * float(tp.sum() / m.sum().clamp_min(1)),
+                "iou": [100 * float(v) for v in iou]}
