@@ -7,7 +7,7 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.bench.report import load_runs
+from selfdistill.bench.report import load_runs, write_report
 from selfdistill.losses import kd_loss, soft_cross_entropy
 from selfdistill.methods.ban import cwtm_weights, dkpp_targets
 
@@ -51,6 +51,8 @@ def test_two_generations_interrupted_and_resumed(tmp_path):
     # the report sees one run, not its generations
     runs = load_runs(tmp_path / "runs")
     assert len(runs) == 1 and runs[0].label == "ban(generations=2)"
+    text = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "Generations of `ban(generations=2)`" in text and "| 2 |" in text and "1, 2 |" in text
 
 
 def test_new_run_refuses_an_existing_one(tmp_path):

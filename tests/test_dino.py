@@ -141,3 +141,8 @@ def test_dino_on_digits_evaluates_knn_and_probe_without_labels(tmp_path):
     assert math.isfinite(s["last"]["test_nll"])
     rows = (tmp_path / "runs").rglob("metrics.csv")
     assert "train_teacher_entropy" in next(rows).read_text().splitlines()[0]  # collapse monitors are logged
+    from selfdistill.bench.report import write_report
+
+    report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "Self-supervised" in report and "knn_teacher_test_top1" in report
+    assert "test top-1 (last)" not in report  # no supervised table for a self-supervised run

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import Fixed, id_images, synthetic_config
 from selfdistill import train
+from selfdistill.bench.report import write_report
 from selfdistill.config import resolve_config
 from selfdistill.data import Batch
 from selfdistill.engine.trainer import evaluate
@@ -223,6 +224,8 @@ def test_end_to_end_with_a_trained_teacher(tmp_path, teacher_ckpt, method):
     if method["name"] != "sld_self":
         measured = summary["teachers"]["teacher"]["test"]["top1"]
         assert measured == pytest.approx(evaluate(teacher_ckpt)["top1"], abs=1e-9)
+        report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+        assert "Teachers, measured at the start" in report and f"| {measured:.2f} |" in report
     else:
         assert summary["teachers"] == {}
 
