@@ -52,8 +52,8 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
     """Wrap ``model`` in DDP when running distributed (optionally converting BatchNorm to SyncBatchNorm)."""
-    if not info.enabled:
-        return model
+    if not info.enabled:  # one process: a CPU run with sync_bn computes BatchNorm as the synchronised version does
+        return convert_sync_batchnorm(model, device) if sync_bn and device.type != "cuda" else model
     if sync_bn:
         model = convert_sync_batchnorm(model, device)
     ids = [device.index] if device.type == "cuda" else None
@@ -80,7 +80,9 @@ class _AllReduceSum(torch.autograd.Function):
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are computed over the whole global batch (all ranks), for CPU/gloo
     where ``nn.SyncBatchNorm`` is unavailable. The statistics are all-reduced with autograd, so gradients flow
-    through them exactly as in single-process training of the global batch.
+    through them exactly as in single-process training of the global batch. On one process it computes the same
+    two-pass statistics without communication (PyTorch's fp32 CPU BatchNorm can lose ~1e-3 in its gradients on
+    ill-conditioned batches, which would make 1- and N-process runs differ).
 
     Each layer talks over a process group of its own: parallel branches (a residual block's main path and its
     shortcut) reach their backward all-reduces in an order that may differ between ranks, and on one shared
@@ -90,16 +92,20 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+        if not self.training:
             return super().forward(x)
+        synced = dist.is_initialized() and dist.get_world_size() > 1
+
+        def total(t: torch.Tensor) -> torch.Tensor:
+            return _AllReduceSum.apply(t, self.group) if synced else t
+
         c = x.shape[1]
         xf = x.float()
         count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
-        group = self.group
-        stats = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]), group)  # two passes: no cancellation
+        stats = total(torch.cat([xf.sum((0, 2, 3)), count]))  # two passes: no E[x²] − E[x]² cancellation
         n = stats[-1]
         mean = stats[:c] / n
-        var = _AllReduceSum.apply(((xf - mean[None, :, None, None]) ** 2).sum((0, 2, 3)), group) / n
+        var = total(((xf - mean[None, :, None, None]) ** 2).sum((0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

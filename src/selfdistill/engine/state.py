@@ -32,12 +32,20 @@ class SampleMemory:
     def write(self, index: Tensor, values: Tensor) -> None:
         """Store ``values`` (detached, as the table's dtype) at ``index`` on every rank."""
         values = values.detach().to(self.table.dtype)
-        if self.dist.enabled:
+        if self.dist.enabled:  # ranks may hold different row counts (the last batch): pad to the largest
+            n = torch.tensor([index.numel()], device=index.device)
+            sizes = [torch.empty_like(n) for _ in range(self.dist.world)]
+            dist.all_gather(sizes, n)
+            most = int(max(int(x) for x in sizes))
+            pad = most - index.numel()
+            index = torch.cat([index, index.new_zeros(pad)])
+            values = torch.cat([values, values.new_zeros((pad, *values.shape[1:]))])
             idx = [torch.empty_like(index) for _ in range(self.dist.world)]
             vals = [torch.empty_like(values) for _ in range(self.dist.world)]
             dist.all_gather(idx, index.contiguous())
             dist.all_gather(vals, values.contiguous())
-            index, values = torch.cat(idx), torch.cat(vals)
+            index = torch.cat([i[:int(k)] for i, k in zip(idx, sizes, strict=True)])
+            values = torch.cat([v[:int(k)] for v, k in zip(vals, sizes, strict=True)])
         self.table[index] = values
 
     def state_dict(self) -> dict[str, Tensor]:
