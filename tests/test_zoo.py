@@ -189,3 +189,14 @@ def test_state_survives_kill_and_resume(tmp_path, method, key):
     b = load_checkpoint(tmp_path / "b" / "runs" / "r" / "last.pt")["method"][key]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_consistency_mse_form_by_hand():
+    m = _method("consistency", form="one_way", divergence="mse")
+    table = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    student = Fixed(table)
+    x = id_images([0])
+    batch = Batch(x, torch.tensor([2]), torch.tensor([0]), [x, id_images([1])])
+    out = m.training_step(student, batch, 1)
+    expected = F.mse_loss(table[1].softmax(0), table[0].softmax(0))
+    assert float(out.losses["consistency"].detach()) == pytest.approx(float(expected), abs=1e-7)

@@ -38,6 +38,9 @@ class ConsistencyOptions:
     """Weight of the consistency term (the AugMix JSD weight is 12)."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KL terms."""
+    divergence: Literal["kl", "mse"] = "kl"
+    """``symmetric_kl``/``one_way``: KD_T (KL at temperature T) or the mean squared error between the views'
+    probabilities (target side detached)."""
 
 
 @register_method("consistency")
@@ -65,6 +68,13 @@ class AugmentationConsistency(Method):
     def cost(cls, options: ConsistencyOptions) -> float:
         return float(options.views)
 
+    def _divergence(self, target: Tensor, z: Tensor) -> Tensor:
+        o = self.opt
+        if o.divergence == "kl":
+            return kd_loss(target, z, o.T, o.kl_reduction)
+        with torch.autocast(z.device.type, enabled=False):
+            return F.mse_loss(z.float().softmax(1), target.float().softmax(1))
+
     def training_step(self, model, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
         n = len(batch.views)
@@ -73,10 +83,7 @@ class AugmentationConsistency(Method):
         if o.form == "jsd":
             return StepOutput({"ce": cross_entropy(z[0], y), "jsd": o.lam * jsd(z)}, z[0], y)
         ce = sum(cross_entropy(zv, y) for zv in z) / n
-        if o.form == "one_way":
-            cons = kd_loss(z[0].detach(), z[-1], o.T, o.kl_reduction)
-        else:
-            cons = sum(kd_loss(z[w].detach(), z[v], o.T, o.kl_reduction)
-                       for v in range(n) for w in range(n) if v != w)
+        pairs = [(0, n - 1)] if o.form == "one_way" else [(w, v) for v in range(n) for w in range(n) if v != w]
+        cons = sum(self._divergence(z[w].detach(), z[v]) for w, v in pairs)
         return StepOutput({"ce": ce, "consistency": o.lam * cons}, z[0], y,
                           {"view_agree": (z[0].argmax(1) == z[-1].argmax(1)).float().mean()})
