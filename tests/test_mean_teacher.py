@@ -93,3 +93,19 @@ def test_end_to_end_reports_the_teacher_and_resumes_exactly(tmp_path):
     b = load_checkpoint(tmp_path / "b" / "runs" / "mt" / "last.pt")["method"]
     assert a["step"] == b["step"] and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     assert ref["eval_models_last"] == s["eval_models_last"]
+
+
+def test_sharpened_centred_target_and_centre_update():
+    model = _model()
+    x = torch.randn(4, 3, 6, 6)
+    model(x)
+    m = _method(model, teacher_temp=0.5, T=1.0, ramp_fraction=0.0, center_momentum=0.9)
+    batch = Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x, x])
+    with torch.no_grad():
+        zt = m.ema.module(x).float()
+        zs = model(x).float()
+    out = m.training_step(model, batch, 1)
+    target = torch.softmax(zt / 0.5, 1)  # the centre starts at 0
+    expected = (target * (target.log() - torch.log_softmax(zs, 1))).sum(1).mean()
+    assert float(out.losses["consistency"].detach()) == pytest.approx(float(expected), rel=1e-4)
+    torch.testing.assert_close(m.center, 0.1 * zt.mean(0, keepdim=True))

@@ -13,7 +13,7 @@ from torch import nn
 from ..data.loader import Batch, DataRequirements
 from ..engine.distributed import unwrap
 from ..engine.optim import ModelEMA
-from ..losses import cross_entropy, kd_loss
+from ..losses import cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
 
 
@@ -35,6 +35,11 @@ class MeanTeacherOptions:
     """``kl``: KD_T(sg z_t, z_s); ``mse_prob``: mean squared error between the probabilities (the original form)."""
     student_view: Literal["weak", "strong"] = "weak"
     """The student's view: an independent weak view or a strong (RandAugment + Cutout) one."""
+    teacher_temp: float = 0.0
+    """DINO-style target instead of ``σ_T(z_t)``: ``softmax((z_t − c)/teacher_temp)`` with a centre ``c`` (an EMA
+    of the teacher's logits, momentum ``center_momentum``); 0 keeps the plain temperature T (``kl`` only)."""
+    center_momentum: float = 0.9
+    """Momentum of the centre used with ``teacher_temp``."""
 
 
 @register_method("mean_teacher")
@@ -53,6 +58,7 @@ class MeanTeacher(Method):
         """The EMA teacher starts equal to the student; BN buffers are copied, not averaged."""
         self.ema = ModelEMA(unwrap(model), self.opt.ema_decay, average_buffers=False)
         self.step = 0
+        self.center = torch.zeros(1, self.ctx.num_classes, device=self.ctx.device)
 
     def eval_models(self) -> dict[str, nn.Module]:
         """The EMA teacher, reported beside the student."""
@@ -69,7 +75,13 @@ class MeanTeacher(Method):
         zs = model(batch.views[1])
         with torch.no_grad():
             zt = self.ema.module(batch.views[0]).float()
-        if o.consistency == "kl":
+        if o.consistency == "kl" and o.teacher_temp > 0:
+            with torch.autocast(zs.device.type, enabled=False):
+                target = F.softmax((zt - self.center) / o.teacher_temp, 1)
+                cons = o.T**2 * kl_div(target, F.log_softmax(zs.float() / o.T, 1))
+            with torch.no_grad():
+                self.center.mul_(o.center_momentum).add_(zt.mean(0, keepdim=True), alpha=1 - o.center_momentum)
+        elif o.consistency == "kl":
             cons = kd_loss(zt, zs, o.T)
         else:
             with torch.autocast(zs.device.type, enabled=False):
@@ -86,12 +98,13 @@ class MeanTeacher(Method):
 
     def state_dict(self) -> dict[str, Any]:
         """The EMA teacher and the step count."""
-        return {"ema": self.ema.module.state_dict(), "step": self.step}
+        return {"ema": self.ema.module.state_dict(), "step": self.step, "center": self.center}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the EMA teacher and the step count."""
         self.ema.module.load_state_dict(state["ema"])
         self.step = state["step"]
+        self.center.copy_(state["center"])
         self._schedule_decay()
 
     def _schedule_decay(self) -> None:
