@@ -12,6 +12,7 @@ from selfdistill.tasks.segmentation import (
     class_presence,
     class_region_loss,
     draw_partners,
+    load_segmentation_folder,
     pixel_agree_loss,
     swap_pair,
 )
@@ -111,3 +112,16 @@ def test_confusion_matrix_metrics_by_hand():
     # class 0: tp 1, union 2 → 50 %; class 1: tp 1, union 2 → 50 %; class 2: absent from labels and predictions
     assert out["iou"][0] == pytest.approx(50.0) and out["iou"][1] == pytest.approx(50.0) and math.isnan(out["iou"][2])
     assert out["miou"] == pytest.approx(50.0) and out["pixel_acc"] == pytest.approx(100 * 2 / 3)
+
+
+def test_camvid_loader_on_the_real_data():
+    from conftest import REPO
+
+    root = REPO.parent / "shared" / "datasets" / "camvid"
+    images, labels, names = load_segmentation_folder(root, "val", size=(90, 120))
+    assert images.shape == (101, 3, 90, 120) and images.dtype == torch.uint8
+    assert labels.shape == (101, 90, 120) and len(names) == 101
+    values = set(labels.unique().tolist())
+    assert values <= set(range(11)) | {IGNORE} and IGNORE in values and 3 in values  # void → ignore; road present
+    presence = class_presence(labels, 11, min_pixels=64, exclude_background=False)
+    assert presence[:, 3].float().mean() > 0.9  # nearly every street scene shows road

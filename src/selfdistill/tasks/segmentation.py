@@ -7,12 +7,62 @@ All functions work on batched tensors on any device. Label maps are ``(N, H, W)`
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import Ratio, grid_swap_mask, swap_with_mask
 from ..losses import kl_rows
+
+
+def _list_pairs(root: Path, split: str, layout: Literal["camvid", "voc"]) -> list[tuple[Path, Path]]:
+    if layout == "camvid":
+        images = sorted(p for p in (root / split).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        return [(p, root / f"{split}annot" / f"{p.stem}.png") for p in images]
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    return [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+
+
+def load_segmentation_folder(root: str | Path, split: str, layout: Literal["camvid", "voc"] = "camvid",
+                             size: tuple[int, int] | None = None, void: int | None = 11, ignore_index: int = 255
+                             ) -> tuple[Tensor, Tensor, list[str]]:
+    """Read an image + label-map folder into uint8 tensors ``(N, 3, H, W)`` and ``(N, H, W)``.
+
+    ``camvid``: ``<split>/<name>.jpg`` with ``<split>annot/<name>.png``; ``voc``: ``JPEGImages/``,
+    ``SegmentationClass/`` and ``ImageSets/Segmentation/<split>.txt``. Label value ``void`` becomes
+    ``ignore_index``. ``size = (H, W)`` resizes images bilinearly and labels by nearest neighbour (a documented
+    reduction for CPU runs). Returns ``(images, labels, names)``.
+    """
+    from PIL import Image
+
+    from ..data.sources import DataError
+
+    root = Path(root)
+    if not (root / (split if layout == "camvid" else "JPEGImages")).is_dir():
+        raise DataError(f"no {layout} split '{split}' under {root}")
+    pairs = _list_pairs(root, split, layout)
+    missing = [str(lab) for _, lab in pairs if not lab.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} label maps are missing, e.g. {missing[0]}")
+    images, labels = [], []
+    for img_path, lab_path in pairs:
+        with Image.open(img_path) as im, Image.open(lab_path) as lab:
+            im, lab = im.convert("RGB"), lab.convert("L") if lab.mode not in ("L", "P") else lab
+            if size is not None:
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+                lab = lab.resize((size[1], size[0]), Image.NEAREST)
+            images.append(torch.from_numpy(np.array(im)).permute(2, 0, 1))
+            labels.append(torch.from_numpy(np.array(lab)))
+    if len({tuple(t.shape) for t in images}) > 1:
+        raise DataError(f"images of {root}/{split} differ in size; pass size=(H, W)")
+    y = torch.stack(labels)
+    if void is not None:
+        y = torch.where(y == void, torch.tensor(ignore_index, dtype=y.dtype), y)
+    return torch.stack(images), y, [p.stem for p, _ in pairs]
 
 
 def class_presence(labels: Tensor, num_classes: int, min_pixels: int = 64, ignore_index: int = 255,
