@@ -113,6 +113,7 @@ class BornAgain(TeacherMethod):
                        passes_per_step=sum(s["passes_per_step"] for s in summaries),
                        images_per_s=1.0 / sum(1.0 / s["images_per_s"] for s in summaries))
         summary["cost_note"] = "seconds_per_epoch and passes_per_step are summed over all generations"
+        summary["teachers"] = {}  # each generation's teacher is the previous generation, listed in `generations`
         last_csv = Path(summaries[-1]["run"]) / "metrics.csv"
         if last_csv.is_file():  # the curves of the run are the last generation's
             shutil.copyfile(last_csv, top / "metrics.csv")
