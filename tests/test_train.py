@@ -103,6 +103,20 @@ def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):
     assert s["epochs"] == 2
 
 
+def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
+    """A run saved before a config key existed resumes when the key has its default, not when it differs."""
+    cfg = synthetic_config(tmp_path, name="old", train={"epochs": 1}, method={"name": "consistency"})
+    train(cfg)
+    path = tmp_path / "runs" / "old" / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    del ck["config"]["data"]["augment"]["cutout"]  # as if written before these options existed
+    del ck["config"]["method"]["divergence"]
+    torch.save(ck, path)
+    with pytest.raises(ConfigError, match=r"data\.augment\.cutout: None -> 0\.3"):
+        train(cfg, ["train.epochs=2", "data.augment.cutout=0.3"], resume=True)
+    assert train(cfg, ["train.epochs=2"], resume=True)["epochs"] == 2
+
+
 def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     ckmod.save_checkpoint({"v": torch.tensor(1)}, path)

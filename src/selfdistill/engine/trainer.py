@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import ConfigError, RunConfig, resolve_config, save_yaml, to_dict
+from ..config import ConfigError, RunConfig, from_dict, resolve_config, save_yaml, to_dict
 from ..data import DataModule
 from ..methods import MethodContext, method_options
 from ..models import build_model
@@ -167,8 +167,13 @@ class Trainer:
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
         old, new = _flatten(saved), _flatten(to_dict(self.cfg))
+        # a key the saved run did not have yet (added to the library since) is no change at its default value
+        method_cls, _ = method_options(self.cfg.method)
+        defaults = {**_flatten(to_dict(RunConfig())),
+                    **{f"method.{k}": v for k, v in to_dict(from_dict(method_cls.Options, {})).items()}}
         diff = sorted(k for k in set(old) | set(new)
-                      if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+                      if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+                      and not (k not in old and k in defaults and new.get(k) == defaults[k]))
         if diff:
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the saved run ({shown}). "
