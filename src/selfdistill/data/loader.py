@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -136,6 +137,18 @@ class DataModule:
             yield x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device)
 
 
+def _weak_view(imgs: Tensor, sl: slice, crop, pad: int) -> Tensor:
+    return crop_flip(imgs, pad, crop[sl])
+
+
+def _strong_view(imgs: Tensor, sl: slice, crop, pad: int, strong, fill: Tensor) -> Tensor:
+    return strong_augment(crop_flip(imgs, pad, crop[sl]), strong[sl], fill)
+
+
+def _multicrop_view(imgs: Tensor, sl: slice, params, size: int) -> Tensor:
+    return resized_crops(imgs, params[sl], size)
+
+
 class TrainLoader:
     """Iterates one epoch's batches from any step, deterministically from ``(seed, epoch, step)``."""
 
@@ -176,27 +189,27 @@ class TrainLoader:
         batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
         return batch
 
-    def _draw(self, gen: torch.Generator, n: int) -> list:
+    def _draw(self, gen: torch.Generator, n: int) -> list[Callable[[Tensor, slice], Tensor]]:
+        """Draw every view's parameters for the ``n`` global rows; each view is a function of (uint8 images, this
+        rank's row slice)."""
         mc = self.multicrop
         if mc is not None:
-            return [(sample_crops(n, mc.global_scale, mc.jitter, gen), mc.global_size) for _ in range(mc.n_global)] \
-                + [(sample_crops(n, mc.local_scale, mc.jitter, gen), mc.local_size) for _ in range(mc.n_local)]
+            return [partial(_multicrop_view, params=sample_crops(n, scale, mc.jitter, gen), size=size)
+                    for scale, size, count in ((mc.global_scale, mc.global_size, mc.n_global),
+                                               (mc.local_scale, mc.local_size, mc.n_local)) for _ in range(count)]
         aug = self.data.cfg.augment
-        return [(sample_crop_flip(n, aug.crop_padding, aug.hflip, gen),
-                 sample_strong(n, aug.randaugment_ops, aug.randaugment_magnitude, aug.cutout, gen)
-                 if name == "strong" else None) for name in self.views]
+        views = []
+        for name in self.views:
+            crop = sample_crop_flip(n, aug.crop_padding, aug.hflip, gen)
+            if name == "strong":
+                strong = sample_strong(n, aug.randaugment_ops, aug.randaugment_magnitude, aug.cutout, gen)
+                views.append(partial(_strong_view, crop=crop, pad=aug.crop_padding, strong=strong, fill=self.fill))
+            else:
+                views.append(partial(_weak_view, crop=crop, pad=aug.crop_padding))
+        return views
 
-    def _batch(self, idx: Tensor, params: list, sl: slice) -> Batch:
+    def _batch(self, idx: Tensor, draws: list[Callable[[Tensor, slice], Tensor]], sl: slice) -> Batch:
         d = self.data
         imgs = d.train.images[idx.to(d.device)]
-        pad = d.cfg.augment.crop_padding
-        views = []
-        for crop, strong in params:
-            if isinstance(strong, int):  # a multi-crop view: (crop parameters, output size)
-                views.append(d._prepare(resized_crops(imgs, crop[sl], strong)))
-                continue
-            v = crop_flip(imgs, pad, crop[sl])
-            if strong is not None:
-                v = strong_augment(v, strong[sl], self.fill)
-            views.append(d._prepare(v))
+        views = [d._prepare(view(imgs, sl)) for view in draws]
         return Batch(views[0], d.train.labels[idx].to(d.device), idx.to(d.device), views)
