@@ -69,6 +69,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, base_lr:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
+def cosine_to_one(base: float, step: int, total: int) -> float:
+    """An EMA decay rising from ``base`` at step 0 to 1 at step ``total`` along a half cosine (DINO's schedule)."""
+    progress = min(step / max(total, 1), 1.0)
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
 class ModelEMA(nn.Module):
     """Exponential moving average of a model's parameters and floating buffers (``average_buffers=False``: buffers
     such as BatchNorm statistics are copied from the model instead; integer buffers are always copied)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch, DataRequirements
 from ..data.multicrop import MultiCrop
 from ..engine.distributed import unwrap
-from ..engine.optim import ModelEMA
+from ..engine.optim import ModelEMA, cosine_to_one
 from .base import Method, StepOutput, register_method
 
 
@@ -232,9 +232,8 @@ class DINO(Method):
         self.teacher.update(nn.ModuleDict({"backbone": unwrap(model), "head": self.head}))
 
     def _schedule_momentum(self) -> None:
-        total = max(self.ctx.epochs * self.ctx.steps_per_epoch, 1)
-        m0 = self.opt.momentum_teacher
-        self.teacher.decay = 1 - (1 - m0) * (math.cos(math.pi * min(self.step / total, 1.0)) + 1) / 2
+        self.teacher.decay = cosine_to_one(self.opt.momentum_teacher, self.step,
+                                           self.ctx.epochs * self.ctx.steps_per_epoch)
 
     @torch.no_grad()
     def _features(self, backbone: nn.Module, key: str, data: Any, split: Any) -> Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.loader import Batch, DataRequirements
 from ..engine.distributed import unwrap
-from ..engine.optim import ModelEMA
+from ..engine.optim import ModelEMA, cosine_to_one
 from ..losses import cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
 
@@ -109,5 +109,4 @@ class MeanTeacher(Method):
 
     def _schedule_decay(self) -> None:
         if self.opt.ema_schedule == "cosine":
-            total = max(self.ctx.epochs * self.ctx.steps_per_epoch, 1)
-            self.ema.decay = 1 - (1 - self.opt.ema_decay) * (math.cos(math.pi * min(self.step / total, 1.0)) + 1) / 2
+            self.ema.decay = cosine_to_one(self.opt.ema_decay, self.step, self.ctx.epochs * self.ctx.steps_per_epoch)
