@@ -23,8 +23,7 @@ from ..config import RunConfig, from_dict, to_dict
 from ..data.loader import Batch
 from ..losses import KLReduction, cross_entropy, kd_loss, soft_cross_entropy
 from .base import StepOutput, register_method
-from .kd import TeacherMethod
-from .teacher import TeacherOptions
+from .teacher import TeacherMethod, TeacherOptions
 
 
 def dkpp_targets(teacher_probs: Tensor, generator: torch.Generator) -> Tensor:

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch
 from ..losses import cross_entropy, kl_rows
 from .base import StepOutput, register_method
-from .kd import TeacherMethod
-from .teacher import TeacherOptions
+from .teacher import TeacherMethod, TeacherOptions
 
 
 def _binary_log_probs(z: Tensor, gt: Tensor) -> Tensor:

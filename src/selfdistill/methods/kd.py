@@ -9,8 +9,8 @@ from torch import nn
 
 from ..data.loader import Batch
 from ..losses import KLReduction, cross_entropy, kd_loss
-from .base import Method, StepOutput, register_method
-from .teacher import TeacherOptions, load_teacher
+from .base import StepOutput, register_method
+from .teacher import TeacherMethod, TeacherOptions
 
 
 @dataclass
@@ -25,18 +25,6 @@ class KDOptions(TeacherOptions):
     """Weight of ``KD_T(teacher, student)`` (already ×T²)."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KL over rows (``elementwise_mean`` divides by B·K)."""
-
-
-class TeacherMethod(Method):
-    """Base of methods with a frozen teacher: loads it at set-up and exposes it for the start-of-run evaluation."""
-
-    def setup(self, model: nn.Module) -> None:
-        """Load the frozen teacher named in the options."""
-        self.teacher = load_teacher(self.opt, self.ctx)
-
-    def teachers(self) -> dict[str, nn.Module]:
-        """The teacher, evaluated and logged by the engine before training."""
-        return {"teacher": self.teacher}
 
 
 @register_method("kd")

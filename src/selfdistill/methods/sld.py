@@ -15,8 +15,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch, DataRequirements
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
-from .kd import TeacherMethod
-from .teacher import TeacherOptions
+from .teacher import TeacherMethod, TeacherOptions
 
 
 def swap_logits(z: Tensor, y: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError
 from ..engine.checkpoint import CheckpointError, load_checkpoint
-from .base import MethodContext
+from .base import Method, MethodContext
 
 
 class TeacherError(ConfigError):
@@ -122,3 +122,15 @@ def load_teacher(opt: TeacherOptions, ctx: MethodContext) -> Teacher:
     t_std = _norm(std, s_std, len(ctx.mean), "teacher_std")
     # student input x_s = (u − m_s)/s_s; the teacher wants (u − m_t)/s_t = x_s·(s_s/s_t) + (m_s − m_t)/s_t
     return Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, opt.teacher_mode).to(ctx.device)
+
+
+class TeacherMethod(Method):
+    """Base of methods with a frozen teacher: loads it at set-up and exposes it for the start-of-run evaluation."""
+
+    def setup(self, model: nn.Module) -> None:
+        """Load the frozen teacher named in the options."""
+        self.teacher = load_teacher(self.opt, self.ctx)
+
+    def teachers(self) -> dict[str, nn.Module]:
+        """The teacher, evaluated and logged by the engine before training."""
+        return {"teacher": self.teacher}

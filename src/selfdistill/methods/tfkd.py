@@ -12,8 +12,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
-from .kd import TeacherMethod
-from .teacher import TeacherOptions
+from .teacher import TeacherMethod, TeacherOptions
 
 
 @dataclass
