@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch
 from ..engine.distributed import unwrap
 from ..losses import cross_entropy, kd_loss, soft_cross_entropy
-from ..models.features import FeatureTaps, Stage, find_stages
+from ..models.features import FeatureTaps, find_stages, tap_stages
 from .base import Method, StepOutput, register_method
 
 
@@ -112,24 +112,9 @@ class BYOT(Method):
         if len(stages) < 2 and not self.opt.taps:
             raise ValueError("byot: the backbone has fewer than two stages; name the taps in method.taps")
         last = stages[-1]
-        by_name = {s.name: s for s in stages}
-        if self.opt.taps:
-            missing = [t for t in self.opt.taps if t not in by_name]
-            probe = FeatureTaps(net, missing)  # validates the names, then measures their shapes
-            if missing:
-                net.eval()
-                with torch.no_grad():
-                    net(torch.zeros(2, self.ctx.in_chans, self.ctx.image_size, self.ctx.image_size,
-                                    device=next(net.parameters()).device))
-                net.train()
-                for t in missing:
-                    _, c, h, w = probe.features[t].shape
-                    by_name[t] = Stage(t, c, h, w)
-            probe.remove()
-            taps = [by_name[t] for t in self.opt.taps]
-        else:
-            taps = stages[:-1]
-        self.taps = taps
+        self.taps = tap_stages(net, self.opt.taps, self.ctx.in_chans, self.ctx.image_size) if self.opt.taps \
+            else stages[:-1]
+        taps = self.taps
         self.heads = nn.ModuleList(
             AuxHead(s.channels, last.channels, max(round(math.log2(s.height / last.height)), 0),
                     self.ctx.num_classes) for s in taps)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..data.loader import Batch
 from ..engine.distributed import unwrap
 from ..losses import cross_entropy, soft_cross_entropy
-from ..models.features import FeatureTaps, find_stages
+from ..models.features import FeatureTaps, find_stages, tap_stages
 from .base import Method, StepOutput, register_method
 from .zipf import zipf_targets
 
@@ -59,26 +59,16 @@ class UniversalSelfKD(Method):
     def setup(self, model: nn.Module) -> None:
         """Attach the weak head (pooling + linear) to the penultimate stage or the named tap."""
         net = unwrap(model)
-        stages = find_stages(net, self.ctx.in_chans, self.ctx.image_size)
         if self.opt.tap:
-            stage = next((s for s in stages if s.name == self.opt.tap), None)
-            name = self.opt.tap
+            stage = tap_stages(net, [self.opt.tap], self.ctx.in_chans, self.ctx.image_size)[0]
         else:
+            stages = find_stages(net, self.ctx.in_chans, self.ctx.image_size)
             if len(stages) < 2:
                 raise ValueError("uskd: the backbone has fewer than two stages; name the weak head's tap in method.tap")
-            stage, name = stages[-2], stages[-2].name
-        self.taps = FeatureTaps(net, [name])
-        if stage is None:  # a named tap that is not a stage output: measure its channels
-            net.eval()
-            with torch.no_grad():
-                net(torch.zeros(2, self.ctx.in_chans, self.ctx.image_size, self.ctx.image_size,
-                                device=next(net.parameters()).device))
-            net.train()
-            channels = self.taps.features[name].shape[1]
-        else:
-            channels = stage.channels
-        self.tap = name
-        self.weak = nn.Linear(channels, self.ctx.num_classes)
+            stage = stages[-2]
+        self.taps = FeatureTaps(net, [stage.name])
+        self.tap = stage.name
+        self.weak = nn.Linear(stage.channels, self.ctx.num_classes)
 
     def trainable_modules(self) -> list[nn.Module]:
         """The weak head (optimised, not exported)."""

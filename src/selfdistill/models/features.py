@@ -56,6 +56,30 @@ class Stage:
     width: int
 
 
+def probe_shapes(model: nn.Module, names: Iterable[str], in_chans: int, image_size: int) -> dict[str, tuple[int, ...]]:
+    """Output shapes of the named sub-modules for a dummy batch of 2 (one forward in eval mode, no state change);
+    unknown names fail as in :class:`FeatureTaps`."""
+    taps = FeatureTaps(model, names)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, in_chans, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        taps.remove()
+    return {n: tuple(out.shape) for n, out in taps.features.items() if isinstance(out, Tensor)}
+
+
+def tap_stages(model: nn.Module, names: list[str], in_chans: int, image_size: int) -> list[Stage]:
+    """:class:`Stage` records for named modules whose outputs are 4-D feature maps."""
+    shapes = probe_shapes(model, names, in_chans, image_size)
+    flat = [n for n in names if len(shapes.get(n, ())) != 4]
+    if flat:
+        raise ValueError(f"modules {flat} do not output (N, C, H, W) feature maps")
+    return [Stage(n, *shapes[n][1:]) for n in names]
+
+
 def find_stages(model: nn.Module, in_chans: int, image_size: int) -> list[Stage]:
     """The backbone's stages, shallow to deep: for each spatial resolution, the last container module (a module
     with sub-modules) whose output is a 4-D feature map at that resolution.
@@ -68,18 +92,7 @@ def find_stages(model: nn.Module, in_chans: int, image_size: int) -> list[Stage]
         name, body = max(containers, key=lambda c: len(list(c[1].children())))
         containers = [(n, m) for n, m in containers if m is not body]
         containers += [(f"{name}.{n}", m) for n, m in body.named_children()]
-    outputs: dict[str, tuple[int, ...]] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: outputs.__setitem__(n, tuple(out.shape))
-                                       if isinstance(out, Tensor) else None) for n, m in containers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(2, in_chans, image_size, image_size, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    outputs = probe_shapes(model, [n for n, _ in containers], in_chans, image_size)
     order = [n for n, _ in containers if n in outputs and len(outputs[n]) == 4]
     stages: dict[tuple[int, int], Stage] = {}
     for n in order:  # execution order of named children follows definition order in these models
