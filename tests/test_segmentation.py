@@ -110,7 +110,7 @@ def test_confusion_matrix_metrics_by_hand():
     cm.update(F.one_hot(pred, 3).permute(0, 3, 1, 2).float(), labels)
     out = cm.compute()
     # class 0: tp 1, union 2 → 50 %; class 1: tp 1, union 2 → 50 %; class 2: absent from labels and predictions
-    assert out["iou"][0] == pytest.approx(50.0) and out["iou"][1] == pytest.approx(50.0) and math.isnan(out["iou"][2])
+    assert out["iou_0"] == pytest.approx(50.0) and out["iou_1"] == pytest.approx(50.0) and math.isnan(out["iou_2"])
     assert out["miou"] == pytest.approx(50.0) and out["pixel_acc"] == pytest.approx(100 * 2 / 3)
 
 

@@ -13,9 +13,10 @@ from typing import Any
 from .config import ConfigError, config_reference, set_by_path
 from .data import DataError, list_datasets
 from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
-from .methods import describe_method, list_methods
+from .methods import describe_method
 from .models import list_models
 from .registry import UnknownNameError
+from .tasks import get_task
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
 DEMO_CONFIG: dict[str, Any] = {
@@ -42,12 +43,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    last = s["last"]
-    print(f"\nrun {s['run']}: last epoch test top-1 {last['test_top1']:.2f}% top-5 {last['test_top5']:.2f}% "
-          f"NLL {last['test_nll']:.4f} ECE {last['test_ece']:.2f}%")
+    metrics = s.get("metrics") or ["top1", "top5", "nll", "ece"]
+    main = metrics[0]
+    last = ", ".join(f"{m} {s['last'][f'test_{m}']:.4g}" for m in metrics)
+    print(f"\nrun {s['run']}: last epoch test {last}")
     if s["best_val"]:
         b = s["best_val"]
-        print(f"best-validation epoch {b['epoch']}: val top-1 {b['val_top1']:.2f}%, test top-1 {b['test_top1']:.2f}%")
+        print(f"best-validation epoch {b['epoch']}: val {main} {b[f'val_{main}']:.2f}, test {main} "
+              f"{b[f'test_{main}']:.2f}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -58,18 +61,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
-        for name in list_methods():
-            d = describe_method(name)
-            print(f"{name:18s} {d['doc']}")
-            if args.verbose:
-                print(f"    options: {d['options']}\n    data: {d['requirements']}  passes/step: "
-                      f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
+        for task_name in ("classification", "segmentation"):
+            registry = get_task(task_name).methods
+            print(f"# task: {task_name}")
+            for name in registry.names():
+                d = describe_method(name, registry)
+                print(f"{name:18s} {d['doc']}")
+                if args.verbose:
+                    print(f"    options: {d['options']}\n    data: {d['requirements']}  passes/step: "
+                          f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
     elif args.what == "config":
         print(config_reference())
     elif args.what == "models":
-        print("\n".join(list_models(external=True)))
+        from .tasks.segmentation import SEG_MODELS
+
+        print("\n".join(["# task: classification", *list_models(external=True), "# task: segmentation", *SEG_MODELS]))
     else:
-        print("\n".join(list_datasets()))
+        from .tasks.segmentation import SEG_DATASETS
+
+        print("\n".join(["# task: classification", *list_datasets(), "# task: segmentation",
+                         *SEG_DATASETS.names()]))
     return 0
 
 

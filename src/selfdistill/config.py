@@ -52,6 +52,32 @@ class AugmentConfig:
 
 
 @dataclass
+class DenseConfig:
+    """Image + label-map data of the ``segmentation`` task."""
+
+    size: list[int] | None = None
+    """Resize every image (bilinear) and label map (nearest) to ``[H, W]`` on load: the reduced resolution of
+    CPU runs (``None`` keeps the files' size, which must then be equal)."""
+    crop: list[int] | None = None
+    """Training crop ``[h, w]`` taken after the random scaling (``None``: the loaded size)."""
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """Range of the random per-image scale factor of training images (``[1, 1]`` disables scaling)."""
+    ignore_index: int = 255
+    """Label of pixels without a class (the dataset's void label is mapped to it); excluded from losses and
+    metrics."""
+    min_pixels: int = 64
+    """A class is present in an image (for pairing) when it covers at least this many pixels."""
+    exclude_background: bool = True
+    """Never pair on the dataset's background class (datasets without one, e.g. CamVid, ignore this)."""
+    train_split: str = "train"
+    """Training split name (CamVid: a folder; VOC: a list in ``ImageSets/Segmentation``)."""
+    val_split: str | None = "val"
+    """Validation split for model selection (``None``: none)."""
+    test_split: str = "test"
+    """Test split (VOC has no public test labels: use ``val`` and set ``val_split: null``)."""
+
+
+@dataclass
 class DataConfig:
     """Dataset, split and loader options."""
 
@@ -91,6 +117,8 @@ class DataConfig:
     """Images per split for the ``synthetic`` dataset."""
     num_classes: int | None = None
     """Classes for ``synthetic`` (default 10); ignored elsewhere."""
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    """Segmentation data (``task: segmentation``)."""
 
 
 @dataclass
@@ -98,13 +126,17 @@ class ModelConfig:
     """Network options."""
 
     name: str = "resnet20"
-    """A zoo name (``selfdistill list models``), ``timm:<name>`` or ``torchvision:<name>``."""
+    """A zoo name (``selfdistill list models``), ``timm:<name>`` or ``torchvision:<name>``; for segmentation a
+    torchvision segmentation model (``lraspp_mobilenet_v3_large``, ``deeplabv3_resnet50``, ...)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model constructor."""
     channels_last: bool = False
     """Use the channels-last memory format for inputs and weights."""
     compile: bool = False
     """Wrap the training model in ``torch.compile``."""
+    init_backbone: str | None = None
+    """Segmentation ``transfer`` mode: a selfdistill classification checkpoint (``last.pt``) of the matching
+    torchvision backbone whose weights initialise the segmenter's backbone."""
     sync_bn: bool = False
     """Synchronise BatchNorm statistics over all ranks under DDP (``nn.SyncBatchNorm`` on CUDA, a gloo version on
     CPU)."""
@@ -184,6 +216,8 @@ class TrainConfig:
 class RunConfig:
     """A complete experiment."""
 
+    task: Literal["classification", "segmentation"] = "classification"
+    """What the run trains: an image classifier or a semantic segmenter (methods are per task)."""
     seed: int = 0
     """Seed of initialisation, data order and augmentation."""
     name: str | None = None
@@ -346,9 +380,9 @@ def resolve_config(
     for key, value in parse_overrides(overrides or []):
         set_by_path(data, key, value)
     cfg = from_dict(RunConfig, data)
-    from .methods import validate_method_options  # local import: methods depend on config
+    from .tasks import get_task  # local import: tasks and methods depend on config
 
-    cfg.method = validate_method_options(cfg.method)
+    cfg.method = get_task(cfg.task).validate_method(cfg.method)
     return cfg
 
 

@@ -67,7 +67,7 @@ def load_runs(root: str | Path) -> list[Run]:
             with (path.parent / "metrics.csv").open(newline="") as fh:
                 rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
         cfg = summary["config"]
-        run = Run(summary, rows, method_label(cfg["method"]), (cfg["data"]["name"], cfg["model"]["name"]))
+        run = Run(summary, rows, method_label(cfg["method"], cfg.get("task", "classification")), (cfg["data"]["name"], cfg["model"]["name"]))
         runs.append(run)
     return runs
 
@@ -110,27 +110,40 @@ def _step_time(run: Run) -> float:
     return run.value("seconds_per_epoch") / steps
 
 
+LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %"}
+CLASSIFICATION_METRICS = ["top1", "top5", "nll", "ece"]
+
+
+def task_metrics(cells: list[Cell]) -> list[str]:
+    """The runs' metrics, the primary one first (summaries before tasks existed are classification)."""
+    return cells[0].runs[0].summary.get("metrics") or CLASSIFICATION_METRICS
+
+
 def group_table(cells: list[Cell], baseline: str) -> list[str]:
     """Markdown table of one (dataset, model) group."""
+    main, *others = task_metrics(cells)
+    others = [m for m in others if m != "top5"]
+    key = f"last.test_{main}"
     base = next((c for c in cells if c.label == baseline), None)
     base_step = statistics.fmean(_step_time(r) for r in base.runs) if base else float("nan")
-    head = ["method", "n", "test top-1 (last)", "test top-1 @ best val", "ECE % (last)", "NLL (last)",
-            f"Δ top-1 vs {baseline} (paired)", "p (Welch)", "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
+    head = ["method", "n", f"test {LABELS[main]} (last)", f"test {LABELS[main]} @ best val",
+            *(f"{LABELS[m]} (last)" for m in others), f"Δ {LABELS[main]} vs {baseline} (paired)", "p (Welch)",
+            "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for cell in cells:
-        last = cell.values("last.test_top1")
+        last = cell.values(key)
         if base is not None and cell is not base:
-            g, gs, n = paired_gain(cell, base, "last.test_top1")
+            g, gs, n = paired_gain(cell, base, key)
             gain = f"{g:+.2f} ± {gs:.2f} (n={n})" if not math.isnan(gs) else f"{g:+.2f} (n={n})"
-            p = welch_p(last, base.values("last.test_top1"))
+            p = welch_p(last, base.values(key))
             p_text = "–" if math.isnan(p) else f"{p:.3f}"
         else:
             gain, p_text = "–", "–"
         step = statistics.fmean(_step_time(r) for r in cell.runs)
         lines.append("| " + " | ".join([
             f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(last)),
-            fmt(*mean_std(cell.values("best_val.test_top1"))), fmt(*mean_std(cell.values("last.test_ece"))),
-            fmt(*mean_std(cell.values("last.test_nll")), 3), gain, p_text,
+            fmt(*mean_std(cell.values(f"best_val.test_{main}"))),
+            *(fmt(*mean_std(cell.values(f"last.test_{m}")), 3 if m == "nll" else 2) for m in others), gain, p_text,
             f"{statistics.fmean(cell.values('seconds_per_epoch')):.1f}",
             f"{statistics.fmean(cell.values('images_per_s')):.0f}",
             f"{cell.runs[0].summary['passes_per_step']:g}",
@@ -145,13 +158,15 @@ def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    main = task_metrics(cells)[0]
+    key = f"test_{main}"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cell in cells:
-        curves = [[r["test_top1"] for r in run.rows if "test_top1" in r] for run in cell.runs]
+        curves = [[r[key] for r in run.rows if key in r] for run in cell.runs]
         length = min(len(c) for c in curves)
         if length == 0:
             continue
-        epochs = [run_row["epoch"] for run_row in cell.runs[0].rows if "test_top1" in run_row][:length]
+        epochs = [run_row["epoch"] for run_row in cell.runs[0].rows if key in run_row][:length]
         cols = list(zip(*[c[:length] for c in curves], strict=True))
         mean = [statistics.fmean(c) for c in cols]
         std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
@@ -159,7 +174,7 @@ def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
                         [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"test {LABELS[main]}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -206,8 +221,9 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> None:
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
-    cols = ["dataset", "model", "method", "seed", "epochs", "num_train", "num_val", "test_top1_last", "test_top5_last",
-            "test_nll_last", "test_ece_last", "best_val_epoch", "val_top1_best", "test_top1_at_best_val",
+    every = [*CLASSIFICATION_METRICS, "miou", "pixel_acc"]
+    cols = ["dataset", "model", "method", "seed", "epochs", "num_train", "num_val", *(f"test_{m}_last" for m in every),
+            "primary_metric", "best_val_epoch", "val_primary_best", "test_primary_at_best_val",
             "seconds_per_epoch", "images_per_s", "passes_per_step", "run"]
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -215,9 +231,10 @@ def _write_csv(runs: list[Run], path: Path) -> None:
         for r in runs:
             s = r.summary
             best = s.get("best_val") or {}
+            main = (s.get("metrics") or CLASSIFICATION_METRICS)[0]
             w.writerow([*r.group, r.label, r.seed, s["epochs"], s["num_train"], s["num_val"],
-                        *(s["last"][f"test_{m}"] for m in ("top1", "top5", "nll", "ece")),
-                        best.get("epoch", ""), best.get("val_top1", ""), best.get("test_top1", ""),
+                        *(s["last"].get(f"test_{m}", "") for m in every), main,
+                        best.get("epoch", ""), best.get(f"val_{main}", ""), best.get(f"test_{main}", ""),
                         s["seconds_per_epoch"], s["images_per_s"], s["passes_per_step"], s["run"]])
 
 
@@ -233,6 +250,19 @@ def self_supervised_lines(cells: list[Cell]) -> list[str]:
                 for k in keys]
         lines.append(f"| `{cell.label}` | {len(cell.runs)} | " + " | ".join(vals)
                      + f" | {statistics.fmean(cell.values('seconds_per_epoch')):.1f} |")
+    return lines
+
+
+def per_class_lines(cells: list[Cell]) -> list[str]:
+    """Per-class results of the last epoch (e.g. segmentation IoU), mean over seeds; none for classification."""
+    keys = [k for k in cells[0].runs[0].summary.get("last_per_class", {})] if cells else []
+    if not keys:
+        return []
+    lines = ["", "Per class (last epoch, test, mean over seeds):", "",
+             "| method | " + " | ".join(k.removeprefix("iou_") for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for cell in cells:
+        vals = [statistics.fmean(r.summary["last_per_class"][k] for r in cell.runs) for k in keys]
+        lines.append(f"| `{cell.label}` | " + " | ".join("–" if math.isnan(v) else f"{v:.1f}" for v in vals) + " |")
     return lines
 
 
@@ -288,8 +318,8 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
     for run in runs:
         groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
     lines = ["# Benchmark report", "", f"Generated by `selfdistill report {runs_dir}` from {len(runs)} finished runs.",
-             "Top-1, ECE and NLL are on the test split; mean ± sample std over seeds. 'Last' is the final epoch;",
-             "'@ best val' is the test accuracy at the epoch with the best validation accuracy (model selection",
+             "Metrics are on the test split; mean ± sample std over seeds. 'Last' is the final epoch; '@ best val'",
+             "is the test value at the epoch with the best validation value of the same metric (model selection",
              "never looks at the test split). Δ is the per-seed paired difference to the baseline.", ""]
     for (dataset, model), by_label in sorted(groups.items()):
         cells = sorted(by_label.values(), key=lambda c: (c.label != baseline, c.label))
@@ -301,9 +331,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
         supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
         lines += group_table(supervised, baseline) if supervised else []
         lines += teacher_lines(supervised) + generation_lines(supervised)
-        lines += self_supervised_lines([c for c in cells if c not in supervised])
+        lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)
         cells = supervised or cells
-        _plot_curves(cells, f"{dataset} / {model}: test top-1", out / f"curves_{slug}.png")
+        _plot_curves(cells, f"{dataset} / {model}: test {LABELS[task_metrics(cells)[0]]}", out / f"curves_{slug}.png")
         _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
                           out / f"reliability_{slug}.png")
         lines += ["", f"![test accuracy](curves_{slug}.png)", "", f"![reliability](reliability_{slug}.png)", ""]

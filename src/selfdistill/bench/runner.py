@@ -29,6 +29,7 @@ from typing import Any
 
 from ..config import ConfigError, load_yaml, resolve_config, save_yaml, set_by_path, to_dict
 from ..methods import describe_method
+from ..tasks import get_task
 
 
 @dataclass
@@ -62,10 +63,10 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def method_label(method: dict[str, Any]) -> str:
-    """``name`` plus the options that differ from the method's defaults, e.g. ``ips(p_swap=0.5)`` (teacher paths
-    and the generation index are left out: the report lists teachers separately)."""
-    defaults = describe_method(method["name"])["options"]
+def method_label(method: dict[str, Any], task: str = "classification") -> str:
+    """``name`` plus the options that differ from the method's defaults (under ``task``), e.g. ``ips(p_swap=0.5)``
+    (teacher paths and the generation index are left out: the report lists teachers separately)."""
+    defaults = describe_method(method["name"], get_task(task).methods)["options"]
     diff = [f"{k}={v}" for k, v in method.items()
             if k not in ("name", "preset", "generation") and not k.startswith("teacher") and defaults.get(k) != v]
     if method.get("preset"):
@@ -111,7 +112,7 @@ def _expand(base: dict[str, Any], axes: dict[str, list[Any]], out_dir: Path) -> 
         for key, value in zip(axes, values, strict=True):
             set_by_path(cfg, key, copy.deepcopy(value))
         resolved = resolve_config(cfg)  # validates every point before anything runs
-        parts = [_slug(method_label(resolved.method)), _slug(resolved.model.name)]
+        parts = [_slug(method_label(resolved.method, resolved.task)), _slug(resolved.model.name)]
         parts += [_slug(f"{k.split('.')[-1]}={v}") for k, v in zip(axes, values, strict=True)
                   if k not in ("method", "model.name", "seed") and not k.startswith("method.")]
         parts.append(f"s{resolved.seed}")

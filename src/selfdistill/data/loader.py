@@ -45,7 +45,7 @@ class Batch:
         return torch.Generator().manual_seed(self.seed)
 
     def __len__(self) -> int:
-        return self.y.numel()
+        return self.index.numel()
 
 
 @dataclass(frozen=True)

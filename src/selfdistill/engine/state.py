@@ -64,11 +64,12 @@ def load_frozen_model(checkpoint: str | Path | dict[str, Any], device: torch.dev
                       ema: bool = False) -> nn.Module:
     """Rebuild a run's model from its checkpoint (a path or a loaded checkpoint), frozen: eval mode, no
     gradients (a teacher)."""
-    from ..models import build_model
+    from ..tasks import get_task
 
     ck = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, device)
-    model_cfg = ck["config"]["model"]
-    model = build_model(model_cfg["name"], len(ck["classes"]), ck["in_chans"], **model_cfg["kwargs"])
+    model_cfg = {**ck["config"]["model"], "init_backbone": None}  # the checkpoint holds every weight
+    model = get_task(ck["config"].get("task", "classification")).build_model(model_cfg, len(ck["classes"]),
+                                                                              ck["in_chans"])
     weights = ck["ema"] if ema else ck["model"]
     if weights is None:
         raise CheckpointError("the checkpoint holds no EMA model (its run had train.ema_decay = 0)")

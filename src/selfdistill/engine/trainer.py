@@ -19,9 +19,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import ConfigError, RunConfig, from_dict, resolve_config, save_yaml, to_dict
-from ..data import DataModule
-from ..methods import MethodContext, method_options
-from ..models import build_model
+from ..methods import MethodContext
+from ..tasks import get_task
 from .checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -32,7 +31,6 @@ from .checkpoint import (
 )
 from .distributed import DistInfo, all_reduce_sum, init_distributed, is_main_process, unwrap, wrap_ddp
 from .logging import TensorBoardLog, progress_bar, write_csv
-from .metrics import MetricAccumulator, topk_correct
 from .optim import ModelEMA, build_optimizer, build_scheduler
 from .state import load_frozen_model
 
@@ -85,6 +83,7 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.run_dir = Path(cfg.out) / cfg.run_name()
+        self.task = get_task(cfg.task)
         self.dist = DistInfo()
         self._log = log if log is not None else (lambda msg: print(msg, flush=True))
 
@@ -111,16 +110,17 @@ class Trainer:
             self.amp_dtype = torch.bfloat16
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-        self.data = DataModule(cfg.data, self.device, self.dist.rank, self.dist.world, fmt)
-        self.model: nn.Module = build_model(cfg.model.name, self.data.num_classes, self.data.in_chans,
-                                            **cfg.model.kwargs).to(self.device, memory_format=fmt)
-        method_cls, method_opts = method_options(cfg.method)
+        self.data = self.task.data_module(cfg.data, self.device, self.dist.rank, self.dist.world, fmt)
+        self.model: nn.Module = self.task.build_model(to_dict(cfg.model), self.data.num_classes, self.data.in_chans
+                                                      ).to(self.device, memory_format=fmt)
+        method_cls, method_opts = self.task.method_options(cfg.method)
         self.cost = method_cls.cost(method_opts)
         self.loader = self.data.train_loader(method_cls.data_requirements(method_opts), cfg.seed)
         self.steps_per_epoch = len(self.loader)
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
                             self.device, self.dist.rank, self.dist.world, tuple(self.data.mean.tolist()),
-                            tuple(self.data.std.tolist()), self.data.in_chans, self.data.image_size)
+                            tuple(self.data.std.tolist()), self.data.in_chans, self.data.image_size,
+                            cfg.data.dense.ignore_index)
         self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
         self.extra = [m.to(self.device) for m in self.method.trainable_modules()]
@@ -168,7 +168,7 @@ class Trainer:
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
         old, new = _flatten(saved), _flatten(to_dict(self.cfg))
         # a key the saved run did not have yet (added to the library since) is no change at its default value
-        method_cls, _ = method_options(self.cfg.method)
+        method_cls, _ = self.task.method_options(self.cfg.method)
         defaults = {**_flatten(to_dict(RunConfig())),
                     **{f"method.{k}": v for k, v in to_dict(from_dict(method_cls.Options, {})).items()}}
         diff = sorted(k for k in set(old) | set(new)
@@ -200,11 +200,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split) -> MetricAccumulator:
-        """Top-1/top-5/NLL/ECE sums of ``model`` on ``split``, reduced over ranks."""
+    def evaluate(self, model: nn.Module, split) -> Any:
+        """The task's evaluator (e.g. top-1/top-5/NLL/ECE sums, a confusion matrix) of ``model`` on ``split``,
+        reduced over ranks."""
         was_training = model.training
         model.eval()
-        acc = MetricAccumulator(self.device)
+        acc = self.task.evaluator(self.data, self.device)
         for x, y in self.data.eval_batches(split):
             with self._autocast():
                 acc.update(model(x).float(), y)
@@ -219,8 +220,7 @@ class Trainer:
             res = {"test": self.evaluate(model, self.data.test).compute()}
             if self.data.val is not None:
                 res["val"] = self.evaluate(model, self.data.val).compute()
-            self.log(f"{name}: test top-1 {res['test']['top1']:.2f}%, NLL {res['test']['nll']:.3f}, "
-                     f"ECE {res['test']['ece']:.2f}%")
+            self.log(f"{name}: test " + ", ".join(f"{m} {res['test'][m]:.3f}" for m in self.task.metrics))
             out[name] = res
         return out
 
@@ -311,8 +311,9 @@ class Trainer:
             images += len(batch) * self.dist.world
             with torch.no_grad():
                 if out.logits is not None:  # a self-supervised method has no training accuracy
-                    acc["n"] += out.targets.numel()
-                    acc["correct"] += topk_correct(out.logits.detach().float(), out.targets, 1)
+                    hits, counted = self.task.train_hits(out.logits.detach().float(), out.targets)
+                    acc["n"] += counted
+                    acc["correct"] += hits
                 acc["steps"] += 1
                 for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total,
                              **out.stats}.items():
@@ -355,7 +356,8 @@ class Trainer:
         for k, v in acc.items():
             if k not in ("n", "correct", "steps"):
                 row[f"train_{k}"] = float(v) / steps
-        row["train_top1"] = 100 * float(acc["correct"]) / float(acc["n"]) if float(acc["n"]) > 0 else math.nan
+        row[f"train_{self.task.train_metric}"] = (100 * float(acc["correct"]) / float(acc["n"]) if float(acc["n"]) > 0
+                                                  else math.nan)
         if epoch % self.cfg.train.eval_every == 0 or epoch == self.cfg.train.epochs:
             test = self.evaluate(self.model, self.data.test)
             self.reliability = test.reliability()
@@ -375,40 +377,46 @@ class Trainer:
         return row
 
     def _format_row(self, r: dict[str, float]) -> str:
+        main, *others = self.task.metrics
         parts = [f"epoch {int(r['epoch'])}/{self.cfg.train.epochs}", f"loss {r['train_loss']:.4f}",
-                 f"train {r['train_top1']:.2f}%"]
-        if "test_top1" in r:
-            parts.append(f"test {r['test_top1']:.2f}% (nll {r['test_nll']:.3f}, ece {r['test_ece']:.2f}%)")
-        if "val_top1" in r:
-            parts.append(f"val {r['val_top1']:.2f}%")
+                 f"train {self.task.train_metric} {r[f'train_{self.task.train_metric}']:.2f}%"]
+        if f"test_{main}" in r:
+            parts.append(f"test {main} {r[f'test_{main}']:.2f} ("
+                         + ", ".join(f"{m} {r[f'test_{m}']:.3g}" for m in others) + ")")
+        if f"val_{main}" in r:
+            parts.append(f"val {main} {r[f'val_{main}']:.2f}")
         parts.append(f"{r['train_time_s']:.1f}s {r['images_per_s']:.0f} img/s")
         return " | ".join(parts)
 
     def _summary(self) -> dict[str, Any]:
-        evaluated = [r for r in self.history if "test_top1" in r]
+        metrics, main = self.task.metrics, self.task.primary
+        evaluated = [r for r in self.history if f"test_{main}" in r]
         last = evaluated[-1] if evaluated else {}
-        metrics = ("top1", "top5", "nll", "ece")
         best = None
-        with_val = [r for r in evaluated if "val_top1" in r]
+        with_val = [r for r in evaluated if f"val_{main}" in r]
         if with_val:
-            b = max(with_val, key=lambda r: (r["val_top1"], -r["epoch"]))  # earliest epoch among ties
+            b = max(with_val, key=lambda r: (r[f"val_{main}"], -r["epoch"]))  # earliest epoch among ties
             best = {"epoch": int(b["epoch"]), **{f"val_{m}": b[f"val_{m}"] for m in metrics},
                     **{f"test_{m}": b[f"test_{m}"] for m in metrics}}
         times = [r["train_time_s"] for r in self.history]
         return {
             "run": str(self.run_dir),
+            "task": self.task.name,
+            "metrics": list(metrics),
             "method": self.cfg.method["name"],
             "model": self.cfg.model.name,
             "dataset": self.cfg.data.name,
             "seed": self.cfg.seed,
             "epochs": len(self.history),
             "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
+            "last_per_class": {k[5:]: v for k, v in last.items()
+                               if k.startswith("test_") and k[5:] not in metrics},  # e.g. per-class IoU
             "best_val": best,
-            "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if "ema_test_top1" in last else None,
+            "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if f"ema_test_{main}" in last else None,
             "supervised": type(self.method).supervised,
             "extra_last": {k: last[k] for k in sorted(self.extra_keys) if k in last},
             "eval_models_last": {name: {m: last[f"{name}_test_{m}"] for m in metrics}
-                                 for name in self.method.eval_models() if f"{name}_test_top1" in last},
+                                 for name in self.method.eval_models() if f"{name}_test_{main}" in last},
             "last_test_reliability": self.reliability,
             "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
             "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
@@ -435,7 +443,7 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
     the run's; finished stages are skipped on ``resume`` and the interrupted one continues where it stopped.
     """
     cfg = resolve_config(config, overrides)
-    method_cls, opts = method_options(cfg.method)
+    method_cls, opts = get_task(cfg.task).method_options(cfg.method)
     stages = method_cls.stages(opts, cfg)
     if not stages:
         return Trainer(cfg, resume=resume, log=log).fit()
@@ -465,9 +473,10 @@ def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: 
     """Evaluate a checkpoint's model (or its EMA copy) on a split of its dataset (``data.*`` overrides allowed)."""
     ck = load_checkpoint(checkpoint)
     cfg = resolve_config(ck["config"], overrides)
+    task = get_task(cfg.task)
     device = resolve_device(cfg.train.device)
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    data = DataModule(cfg.data, device, memory_format=fmt)
+    data = task.data_module(cfg.data, device, 0, 1, fmt)
     if data.classes != ck["classes"]:
         raise CheckpointError(f"the data's classes ({len(data.classes)}) differ from the checkpoint's "
                               f"({len(ck['classes'])}); evaluate on data with the same class folders")
@@ -475,7 +484,7 @@ def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: 
     target = {"test": data.test, "val": data.val, "train": data.train}[split]
     if target is None:
         raise ConfigError("the run has no validation split (data.val_fraction=0)")
-    acc = MetricAccumulator(device)
+    acc = task.evaluator(data, device)
     for x, y in data.eval_batches(target):
         acc.update(model(x).float(), y)
     return acc.compute()

@@ -57,6 +57,8 @@ class MethodContext:
     """Input channels."""
     image_size: int = 32
     """Training image side (for probing feature shapes)."""
+    ignore_index: int = 255
+    """Label of unlabelled pixels (segmentation)."""
 
 
 class Method:
@@ -139,12 +141,13 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(name: str):
-    """Class decorator: register a :class:`Method` subclass under ``name``."""
+def register_method(name: str, registry: Registry[type[Method]] = METHODS):
+    """Class decorator: register a :class:`Method` subclass under ``name`` (in the classification registry unless
+    another task's ``registry`` is given)."""
 
     def deco(cls: type[Method]) -> type[Method]:
         cls.name = name
-        return METHODS.register(name)(cls)
+        return registry.register(name)(cls)
 
     return deco
 
@@ -154,16 +157,16 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def validate_method_options(spec: dict[str, Any]) -> dict[str, Any]:
+def validate_method_options(spec: dict[str, Any], registry: Registry[type[Method]] = METHODS) -> dict[str, Any]:
     """Check a ``method:`` mapping against the method's options and return it fully resolved.
 
     ``preset`` (if given) fills options first; explicit keys override it.
     """
     spec = dict(spec)
     if "name" not in spec:
-        raise ConfigError(f"method.name is required (one of: {', '.join(list_methods())})")
+        raise ConfigError(f"method.name is required (one of: {', '.join(registry.names())})")
     name = spec.pop("name")
-    cls = METHODS.get(name)
+    cls = registry.get(name)
     preset = spec.pop("preset", None)
     values: dict[str, Any] = {}
     if preset is not None:
@@ -175,10 +178,10 @@ def validate_method_options(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **({"preset": preset} if preset else {}), **dataclasses.asdict(opts)}
 
 
-def method_options(spec: dict[str, Any]) -> tuple[type[Method], Any]:
+def method_options(spec: dict[str, Any], registry: Registry[type[Method]] = METHODS) -> tuple[type[Method], Any]:
     """The method class and its options object for a validated ``method:`` mapping."""
     spec = dict(spec)
-    cls = METHODS.get(spec.pop("name"))
+    cls = registry.get(spec.pop("name"))
     spec.pop("preset", None)
     return cls, from_dict(cls.Options, spec, "method")
 
@@ -189,9 +192,9 @@ def build_method(spec: dict[str, Any], ctx: MethodContext) -> Method:
     return cls(opts, ctx)
 
 
-def describe_method(name: str) -> dict[str, Any]:
+def describe_method(name: str, registry: Registry[type[Method]] = METHODS) -> dict[str, Any]:
     """Options with defaults and docs, requirements and cost of a method (for ``selfdistill list``)."""
-    cls = METHODS.get(name)
+    cls = registry.get(name)
     defaults = from_dict(cls.Options, {}, "method")
     return {
         "name": name,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..augment import Ratio, grid_swap_mask, swap_with_mask
-from ..losses import kl_rows
+from ...augment import Ratio, grid_swap_mask, swap_with_mask
+from ...losses import kl_rows
 
 
 def _list_pairs(root: Path, split: str, layout: Literal["camvid", "voc"]) -> list[tuple[Path, Path]]:
@@ -39,7 +39,7 @@ def load_segmentation_folder(root: str | Path, split: str, layout: Literal["camv
     """
     from PIL import Image
 
-    from ..data.sources import DataError
+    from ...data.sources import DataError
 
     root = Path(root)
     if not (root / (split if layout == "camvid" else "JPEGImages")).is_dir():
@@ -165,13 +165,24 @@ def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float =
 
 
 class ConfusionMatrix:
-    """Accumulates a ``K × K`` confusion matrix (rows: true class, columns: prediction), ignoring ``ignore_index``."""
+    """Accumulates a ``K × K`` confusion matrix (rows: true class, columns: prediction), ignoring ``ignore_index``.
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+    The matrix is the evaluator's ``sums``: summing it over DDP ranks gives the whole split's metrics.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu",
+                 class_names: list[str] | None = None) -> None:
         self.k = num_classes
         self.ignore_index = ignore_index
+        self.names = class_names or [str(c) for c in range(num_classes)]
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
 
+    @property
+    def sums(self) -> Tensor:
+        """The matrix (reduced over ranks in place by the engine)."""
+        return self.matrix
+
+    @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """Add a batch: logits ``(N, K, h, w)`` (upsampled to the labels) and labels ``(N, H, W)``."""
         pred = _upsample(logits.float(), labels.shape[-2:]).argmax(1)
@@ -179,13 +190,24 @@ class ConfusionMatrix:
         idx = labels[valid].long() * self.k + pred[valid]
         self.matrix += torch.bincount(idx, minlength=self.k * self.k).reshape(self.k, self.k).to(self.matrix)
 
-    def compute(self) -> dict[str, float | list[float]]:
-        """``miou`` and ``pixel_acc`` in %, ``iou`` per class (NaN for classes absent from labels and predictions)."""
-        m = self.matrix
+    def iou(self) -> Tensor:
+        """Per-class IoU as a fraction (NaN for classes absent from both labels and predictions)."""
+        m = self.matrix.cpu()
         tp = m.diag()
         union = m.sum(0) + m.sum(1) - tp
-        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+        return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+
+    def compute(self) -> dict[str, float]:
+        """``miou`` (mean over classes with a defined IoU) and ``pixel_acc`` in %, ``iou_<class>`` per class in %
+        (NaN for classes absent from labels and predictions), ``n`` labelled pixels."""
+        m = self.matrix.cpu()
+        iou = self.iou()
         present = ~torch.isnan(iou)
-        return {"miou": 100 * float(iou[present].mean()) if bool(present.any()) else float("nan"),
-                "pixel_acc": 100 * float(tp.sum() / m.sum().clamp_min(1)),
-                "iou": [100 * float(v) for v in iou]}
+        return {"n": float(m.sum()),
+                "miou": 100 * float(iou[present].mean()) if bool(present.any()) else float("nan"),
+                "pixel_acc": 100 * float(m.diag().sum() / m.sum().clamp_min(1)),
+                **{f"iou_{name}": 100 * float(v) for name, v in zip(self.names, iou, strict=True)}}
+
+    def reliability(self) -> None:
+        """Segmentation keeps no reliability diagram."""
+        return None

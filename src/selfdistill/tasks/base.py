@@ -1,0 +1,82 @@
+"""What the engine needs to know about a task: its data module, model builder, method registry, evaluator and
+metrics. The trainer talks to a :class:`Task`, never to classification- or segmentation-specific code."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DataConfig
+from ..registry import Registry
+
+
+class Evaluator(Protocol):
+    """Accumulates a split's metrics as a tensor of sums (added over DDP ranks by the engine)."""
+
+    sums: Tensor
+
+    def update(self, output: Tensor, target: Tensor) -> None:
+        """Add a batch of model outputs and targets."""
+
+    def compute(self) -> dict[str, float]:
+        """The metrics (``n`` included) from the sums."""
+
+    def reliability(self) -> dict[str, list[float]] | None:
+        """Reliability-diagram bins, where the task has them."""
+
+
+class Task:
+    """Base class of a task (registered in :data:`TASKS`)."""
+
+    name: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics of the run summary (``last``, ``best_val``), the primary one first."""
+    train_metric: ClassVar[str] = ""
+    """Name of the training accuracy logged as ``train_<name>`` (top-1 of images, accuracy of pixels)."""
+    methods: ClassVar[Registry]
+
+    @property
+    def primary(self) -> str:
+        """The metric that selects the best validation epoch and that the report compares."""
+        return self.metrics[0]
+
+    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+                    memory_format: torch.memory_format) -> Any:
+        """The data module (splits ``train``/``val``/``test``, ``train_loader``, ``eval_batches``, ``classes``)."""
+        raise NotImplementedError
+
+    def build_model(self, model_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+        """The network for a ``model`` config mapping."""
+        raise NotImplementedError
+
+    def evaluator(self, data: Any, device: torch.device) -> Evaluator:
+        """An empty evaluator for ``data``'s splits."""
+        raise NotImplementedError
+
+    def train_hits(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
+        """(correct, counted) for the training accuracy of one step."""
+        raise NotImplementedError
+
+    def validate_method(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The ``method:`` mapping checked against this task's methods and fully resolved."""
+        from ..methods.base import validate_method_options
+
+        return validate_method_options(spec, self.methods)
+
+    def method_options(self, spec: dict[str, Any]) -> tuple[type, Any]:
+        """The method class and its options for a validated ``method:`` mapping."""
+        from ..methods.base import method_options
+
+        return method_options(spec, self.methods)
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name`` (``classification``, ``segmentation``)."""
+    from . import classification, segmentation  # noqa: F401  (registration)
+
+    return TASKS.get(name)()

@@ -1,0 +1,132 @@
+"""Segmentation training methods (``task: segmentation``): pixel-wise CE and dense IPS (methods.md §1.13).
+
+They are :class:`~selfdistill.methods.Method` classes in their own registry, so ``method: {name: ips}`` means
+dense IPS in a segmentation run and image-level IPS in a classification run, with the same engine, configs,
+checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...augment import grid_swap_mask, swap_with_mask
+from ...config import ConfigError
+from ...data.loader import Batch, DataRequirements
+from ...methods.base import Method, NoOptions, StepOutput, register_method
+from ...registry import Registry
+from .ops import _upsample, class_region_loss, pixel_agree_loss
+
+SEG_METHODS: Registry[type[Method]] = Registry("method")
+
+
+def pixel_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Mean CE over the labelled pixels (logits upsampled to the labels; 0 when no pixel is labelled)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        z = _upsample(logits.float(), labels.shape[-2:])
+        total = F.cross_entropy(z, labels.long(), ignore_index=ignore_index, reduction="sum")
+        return total / (labels != ignore_index).sum().clamp_min(1)
+
+
+def border_pixels(mask: Tensor, margin: int) -> Tensor:
+    """Bool ``(N, H, W)``: pixels within ``margin`` px of a boundary between swapped and kept cells."""
+    m = mask.float()
+    k = 2 * margin + 1
+    grown = F.max_pool2d(m, k, stride=1, padding=margin)
+    shrunk = -F.max_pool2d(-m, k, stride=1, padding=margin)
+    return (grown != shrunk)[:, 0]
+
+
+@register_method("ce", SEG_METHODS)
+class SegCrossEntropy(Method):
+    """Pixel-wise cross-entropy (ignore-aware): the segmentation baseline."""
+
+    Options = NoOptions
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        logits = model(batch.x)
+        return StepOutput({"ce": pixel_cross_entropy(logits, batch.y, self.ctx.ignore_index)}, logits, batch.y)
+
+
+@dataclass
+class DenseIPSOptions:
+    """Dense IPS options (methods.md §1.13)."""
+
+    dense_kd: Literal["pixel_agree", "class_region", "context"] = "pixel_agree"
+    """``pixel_agree``: per-pixel KL over co-located same-label pixels; ``class_region``: KL between class-mean
+    distributions; ``context``: the originals are forwarded too and each pixel's original- and swapped-context
+    predictions are distilled (4 images per pair)."""
+    grid: int = 8
+    """Cells per side of the swap grid (8 on 512-px crops gives 64-px cells)."""
+    ratio_low: float = 0.0
+    """Lower bound of the uniform per-pair swap ratio."""
+    ratio_high: float = 1.0
+    """Upper bound of the uniform per-pair swap ratio."""
+    p_swap: float = 1.0
+    """Probability that a pair is swapped at all."""
+    T: float = 4.0
+    """Distillation temperature."""
+    lambda_kd: float = 1.0
+    """Weight of the dense distillation term."""
+    min_pixels: int = 64
+    """``class_region``: a class counts in a swapped map when it covers at least this many pixels."""
+    border_margin: int = 0
+    """Pixels within this many px of a swapped/kept boundary are left out of the distillation term."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.ratio_low <= self.ratio_high <= 1.0 and 0.0 <= self.p_swap <= 1.0):
+            raise ConfigError("method: need 0 <= ratio_low <= ratio_high <= 1 and p_swap in [0, 1]")
+        if self.grid < 1 or self.T <= 0 or self.lambda_kd < 0 or self.border_margin < 0:
+            raise ConfigError("method: need grid >= 1, T > 0, lambda_kd >= 0 and border_margin >= 0")
+
+
+@register_method("ips", SEG_METHODS)
+class DenseIPS(Method):
+    """Dense Intra-class Patch Swap: image pairs sharing a class swap grid cells together with their label maps;
+    the more confident prediction of each co-labelled pixel (or class region) teaches the other."""
+
+    Options = DenseIPSOptions
+    requirements = DataRequirements(sampler="pair")
+
+    @classmethod
+    def cost(cls, options: DenseIPSOptions) -> float:
+        return 4.0 if options.dense_kd == "context" else 2.0
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        o, ignore = self.opt, self.ctx.ignore_index
+        a, b = batch, batch.partner
+        if b is None:
+            raise RuntimeError("dense IPS needs the class-presence pair sampler (data requirement 'pair')")
+        n, _, h, w = a.x.shape
+        mask = grid_swap_mask(batch.global_size, h, w, o.grid, (o.ratio_low, o.ratio_high), o.p_swap,
+                              batch.generator())[batch.rows].to(a.x.device)
+        xa, xb = swap_with_mask(a.x, b.x, mask)
+        ya, yb = swap_with_mask(a.y, b.y, mask[:, 0])
+        inputs = [xa, xb, a.x, b.x] if o.dense_kd == "context" else [xa, xb]
+        z = _upsample(model(torch.cat(inputs)), (h, w))
+        za, zb = z[:n], z[n:2 * n]
+        ce = (pixel_cross_entropy(za, ya, ignore) + pixel_cross_entropy(zb, yb, ignore)) / 2
+        near = border_pixels(mask, o.border_margin) if o.border_margin > 0 else torch.zeros_like(mask[:, 0])
+
+        def kd_labels(y: Tensor) -> Tensor:  # labels for the KD term: pixels near a cell boundary left out
+            return torch.where(near, torch.full_like(y, ignore), y)
+
+        stats: dict[str, Tensor] = {}
+        if o.dense_kd == "pixel_agree":
+            kd, omega = pixel_agree_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, ignore)
+            stats["kd_pixels"] = omega.float() / (n * h * w)
+        elif o.dense_kd == "class_region":
+            kd = class_region_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, o.min_pixels, ignore)
+        else:
+            # each original pixel is predicted in its own context and in the swapped one (x̃_a where M = 0, x̃_b
+            # where M = 1); both predictions carry the pixel's own label, so Ω is every labelled pixel
+            m = mask.expand_as(za)
+            swapped_ctx = torch.cat([torch.where(m, zb, za), torch.where(m, za, zb)])
+            y_orig = torch.cat([kd_labels(a.y), kd_labels(b.y)])
+            kd, omega = pixel_agree_loss(z[2 * n:], swapped_ctx, y_orig, y_orig, o.T, ignore)
+            stats["kd_pixels"] = omega.float() / (2 * n * h * w)
+        return StepOutput({"ce": ce, "kd": o.lambda_kd * kd}, torch.cat([za, zb]), torch.cat([ya, yb]), stats)

@@ -1,0 +1,43 @@
+"""Semantic segmentation as an engine task: mIoU, per-class IoU and pixel accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...config import DataConfig
+from ..base import TASKS, Task
+from .data import SegDataModule
+from .methods import SEG_METHODS
+from .models import build_segmentation_model, init_backbone
+from .ops import ConfusionMatrix, _upsample
+
+
+@TASKS.register("segmentation")
+class SegmentationTask(Task):
+    """Semantic segmentation."""
+
+    name = "segmentation"
+    metrics = ("miou", "pixel_acc")
+    train_metric = "pixel_acc"
+    methods = SEG_METHODS
+
+    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+                    memory_format: torch.memory_format) -> SegDataModule:
+        return SegDataModule(cfg, device, rank, world, memory_format)
+
+    def build_model(self, model_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+        model = build_segmentation_model(model_cfg["name"], num_classes, in_chans, **model_cfg["kwargs"])
+        if model_cfg.get("init_backbone"):
+            init_backbone(model, model_cfg["name"], model_cfg["init_backbone"])
+        return model
+
+    def evaluator(self, data: Any, device: torch.device) -> ConfusionMatrix:
+        return ConfusionMatrix(data.num_classes, data.ignore_index, device, data.classes)
+
+    def train_hits(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        valid = (targets >= 0) & (targets < logits.shape[1])  # the ignore label lies outside the classes
+        pred = _upsample(logits.float(), targets.shape[-2:]).argmax(1)
+        return ((pred == targets) & valid).sum(), valid.sum()
