@@ -114,3 +114,35 @@ def test_a_run_held_by_another_process_is_skipped(tmp_path):
     # the holder is gone: its stale lock is taken over
     assert acquire_lock(logs_dir / "ce_resnet8_s0.lock")
     assert (logs_dir / "ce_resnet8_s0.lock").read_text() == str(os.getpid())
+
+
+def test_killing_the_bench_stops_its_training_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = dict(GRID, grid={"method": [{"name": "ce"}], "seed": [0]})
+    grid["config"] = {**GRID["config"], "train": {**GRID["config"]["train"], "epochs": 500}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    bench = subprocess.Popen([sys.executable, "-m", "selfdistill", "bench", "--config", str(path)])
+    log = tmp_path / "runs" / "_logs" / "ce_resnet8_s0.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "epoch 1/" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(bench.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 1
+    os.kill(bench.pid, signal.SIGKILL)  # no chance to clean up: the child must still stop
+    bench.wait()
+    child = int(children[0])
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the training run outlived its bench process")

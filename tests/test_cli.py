@@ -32,7 +32,7 @@ def test_train_eval_and_user_errors(tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg))
     out = str(tmp_path / "runs")
     assert main(["train", "--config", str(path), "--out", out, "--set", "seed=3"]) == 0
-    assert "last epoch test top-1" in capsys.readouterr().out
+    assert "last epoch test top1" in capsys.readouterr().out
     run = tmp_path / "runs" / "synthetic_resnet8_ce_s3"
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert main(["eval", "--checkpoint", str(run / "last.pt")]) == 0

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from selfdistill.config import ConfigError, resolve_config
 from selfdistill.data.loader import Batch
 from selfdistill.engine.checkpoint import CheckpointError

@@ -92,7 +92,8 @@ class DataConfig:
     eval_batch_size: int = 512
     """Batch size for evaluation."""
     train_subset: int = 0
-    """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed``."""
+    """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed`` (segmentation: a
+    random subset)."""
     val_fraction: float = 0.0
     """Class-balanced fraction of the training set held out for model selection."""
     split_seed: int = 0

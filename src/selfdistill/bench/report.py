@@ -67,7 +67,8 @@ def load_runs(root: str | Path) -> list[Run]:
             with (path.parent / "metrics.csv").open(newline="") as fh:
                 rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
         cfg = summary["config"]
-        run = Run(summary, rows, method_label(cfg["method"], cfg.get("task", "classification")), (cfg["data"]["name"], cfg["model"]["name"]))
+        label = method_label(cfg["method"], cfg.get("task", "classification"))
+        run = Run(summary, rows, label, (cfg["data"]["name"], cfg["model"]["name"]))
         runs.append(run)
     return runs
 

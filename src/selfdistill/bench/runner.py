@@ -170,7 +170,18 @@ def _train_subprocess(run: RunSpec, threads: int, log_dir: Path) -> int:
            "--set", f"train.threads={threads}", "--set", "train.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (log_dir / f"{run.name}.log").open("a") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM when the bench process dies, so a killed grid leaves no run
+    training on behind its released lock (the run resumes from its checkpoint next time)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def run_grid(grid: Grid, jobs: int = 1, log=print) -> list[str]:
