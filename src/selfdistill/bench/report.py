@@ -112,7 +112,7 @@ def _step_time(run: Run) -> float:
 
 
 LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %"}
-CLASSIFICATION_METRICS = ["top1", "top5", "nll", "ece"]
+CLASSIFICATION_METRICS = ["top1", "top5", "ece", "nll"]
 
 
 def task_metrics(cells: list[Cell]) -> list[str]:
@@ -184,7 +184,8 @@ def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_reliability(cells: list[Cell], title: str, path: Path) -> None:
+def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
+    """Pooled reliability diagrams of the cells that have them; False (and no file) when none has."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +193,7 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> None:
 
     cells = [c for c in cells if all(r.summary.get("last_test_reliability") for r in c.runs)]
     if not cells:
-        return
+        return False
     fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.4), squeeze=False)
     for ax, cell in zip(axes[0], cells, strict=True):
         bins = len(cell.runs[0].summary["last_test_reliability"]["count"])
@@ -219,6 +220,7 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
@@ -335,9 +337,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
         lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)
         cells = supervised or cells
         _plot_curves(cells, f"{dataset} / {model}: test {LABELS[task_metrics(cells)[0]]}", out / f"curves_{slug}.png")
-        _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
-                          out / f"reliability_{slug}.png")
-        lines += ["", f"![test accuracy](curves_{slug}.png)", "", f"![reliability](reliability_{slug}.png)", ""]
+        lines += ["", f"![test {LABELS[task_metrics(cells)[0]]}](curves_{slug}.png)", ""]
+        if _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
+                             out / f"reliability_{slug}.png"):
+            lines += [f"![reliability](reliability_{slug}.png)", ""]
     _write_csv(runs, out / "runs.csv")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -20,7 +20,7 @@ class ClassificationTask(Task):
     """Image classification."""
 
     name = "classification"
-    metrics = ("top1", "top5", "nll", "ece")
+    metrics = ("top1", "top5", "ece", "nll")
     train_metric = "top1"
     methods = METHODS
 
