@@ -63,6 +63,32 @@ class DataRequirements:
     """Multi-crop views instead of ``views``: global crops first, then local crops (DINO)."""
 
 
+def global_batch(batch_size: int, batch_scale: float, world: int) -> int:
+    """Anchors per step over all ranks (``data.batch_size`` × the method's ``batch_scale``), checked to split evenly
+    over ``world`` ranks."""
+    batch = round(batch_size * batch_scale)
+    if batch < 1 or batch % world:
+        raise ValueError(f"{batch} anchors per step (data.batch_size={batch_size} × {batch_scale}) is the global "
+                         f"batch and must be a positive multiple of the world size {world}")
+    return batch
+
+
+def assemble_batch(ib: IndexBatch, seed: int, rank: int, world: int,
+                   make: Callable[[Tensor, torch.Generator, int, slice], Batch]) -> Batch:
+    """One step's batch on this rank: ``make(indices, generator, global rows, rank slice)`` builds the anchors' and
+    then the partners' batch from one generator seeded with ``seed`` (the step seed), so every rank draws the same
+    numbers for all global rows; the batch carries ``seed + 1`` for the method's own draws."""
+    gen = torch.Generator().manual_seed(seed)
+    n = ib.anchor.numel()
+    sl = rank_slice(n, rank, world)
+    local = ib.shard(rank, world)
+    batch = make(local.anchor, gen, n, sl)
+    if local.partner is not None:
+        batch.partner = make(local.partner, gen, n, sl)
+    batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
+    return batch
+
+
 def step_seed(seed: int, epoch: int, step: int) -> int:
     """The seed of one training step's random draws (augmentation uses it, methods use it + 1)."""
     return (seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**62)
@@ -109,10 +135,7 @@ class DataModule:
         unknown = sorted(set(req.views) - set(PIPELINES))
         if unknown or not req.views:
             raise ValueError(f"unknown view pipelines {unknown} (known: {', '.join(PIPELINES)})")
-        batch = round(self.cfg.batch_size * req.batch_scale)
-        if batch < 1 or batch % self.world:
-            raise ValueError(f"{batch} anchors per step (data.batch_size={self.cfg.batch_size} × {req.batch_scale}) "
-                             f"is the global batch and must be a positive multiple of the world size {self.world}")
+        batch = global_batch(self.cfg.batch_size, req.batch_scale, self.world)
         sampler = SAMPLERS[req.sampler](self.train.labels, batch, self.cfg.drop_last, seed)
         if req.multicrop is not None and not self.in_memory:
             raise ValueError("multi-crop views need in-memory data (data.in_memory)")
@@ -174,20 +197,8 @@ class TrainLoader:
             yield from train_batches(self, plan, epoch, start_step)
             return
         for step in range(start_step, len(plan)):
-            yield self._assemble(plan[step], epoch, step)
-
-    def _assemble(self, ib: IndexBatch, epoch: int, step: int) -> Batch:
-        d = self.data
-        seed = step_seed(self.seed, epoch, step)
-        gen = torch.Generator().manual_seed(seed)
-        n = ib.anchor.numel()
-        sl = rank_slice(n, d.rank, d.world)
-        local = ib.shard(d.rank, d.world)
-        batch = self._batch(local.anchor, self._draw(gen, n), sl)
-        if local.partner is not None:
-            batch.partner = self._batch(local.partner, self._draw(gen, n), sl)
-        batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
-        return batch
+            yield assemble_batch(plan[step], step_seed(self.seed, epoch, step), d.rank, d.world,
+                                 lambda idx, gen, n, sl: self._batch(idx, self._draw(gen, n), sl))
 
     def _draw(self, gen: torch.Generator, n: int) -> list[Callable[[Tensor, slice], Tensor]]:
         """Draw every view's parameters for the ``n`` global rows; each view is a function of (uint8 images, this

@@ -33,7 +33,8 @@ def rank_slice(n: int, rank: int, world: int) -> slice:
     return slice(start, start + q + (rank < r))
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """The generator of one epoch's plan (``salt`` separates streams, e.g. partner draws from the shuffle)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63))
 
 
@@ -57,7 +58,7 @@ class ShuffleSampler:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _anchors(self, epoch: int) -> list[Tensor]:
-        perm = torch.randperm(self.labels.numel(), generator=_epoch_generator(self.seed, epoch))
+        perm = torch.randperm(self.labels.numel(), generator=epoch_generator(self.seed, epoch))
         return list(perm.split(self.batch_size))[: len(self)]
 
     def epoch(self, epoch: int) -> list[IndexBatch]:
@@ -87,7 +88,7 @@ class PairSampler(ShuffleSampler):
         return self._sorted[self._start[y] + offset]
 
     def epoch(self, epoch: int) -> list[IndexBatch]:
-        g = _epoch_generator(self.seed, epoch, salt=1)
+        g = epoch_generator(self.seed, epoch, salt=1)
         return [IndexBatch(a, self.partners(a, g)) for a in self._anchors(epoch)]
 
 

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from ...config import DataConfig
 from ...data.augment import normalize
-from ...data.loader import Batch, DataRequirements, step_seed
-from ...data.samplers import IndexBatch, ShuffleSampler, rank_slice
+from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
+from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, rank_slice
 from ...data.sources import DataError, channel_stats
 from ...registry import Registry
 from .ops import class_presence, draw_partners, load_segmentation_folder
@@ -101,7 +101,7 @@ class PresencePairSampler(ShuffleSampler):
         self.presence = presence.cpu()
 
     def epoch(self, epoch: int) -> list[IndexBatch]:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + 1) % (2**63))
+        g = epoch_generator(self.seed, epoch, salt=1)
         return [IndexBatch(a, draw_partners(a, self.presence, g)) for a in self._anchors(epoch)]
 
 
@@ -159,9 +159,7 @@ class SegDataModule:
         """Batches for a segmentation method's requirements (one view; ``pair`` = class-presence pairs)."""
         if req.views != ("weak",) or req.multicrop is not None:
             raise ValueError("segmentation methods take one augmented view per image")
-        batch = round(self.cfg.batch_size * req.batch_scale)
-        if batch < 1 or batch % self.world:
-            raise ValueError(f"{batch} images per step must be a positive multiple of the world size {self.world}")
+        batch = global_batch(self.cfg.batch_size, req.batch_scale, self.world)
         if req.sampler == "pair":
             sampler: ShuffleSampler = PresencePairSampler(self.presence, batch, self.cfg.drop_last, seed)
         elif req.sampler == "shuffle":
@@ -194,20 +192,8 @@ class SegTrainLoader:
         """Yield this rank's batches of ``epoch`` from ``start_step`` on."""
         plan = self.sampler.epoch(epoch)
         for step in range(start_step, len(plan)):
-            yield self._assemble(plan[step], epoch, step)
-
-    def _assemble(self, ib: IndexBatch, epoch: int, step: int) -> Batch:
-        d = self.data
-        seed = step_seed(self.seed, epoch, step)
-        gen = torch.Generator().manual_seed(seed)
-        n = ib.anchor.numel()
-        sl = rank_slice(n, d.rank, d.world)
-        local = ib.shard(d.rank, d.world)
-        batch = self._batch(local.anchor, gen, n, sl)
-        if local.partner is not None:
-            batch.partner = self._batch(local.partner, gen, n, sl)
-        batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
-        return batch
+            yield assemble_batch(plan[step], step_seed(self.seed, epoch, step), self.data.rank, self.data.world,
+                                 self._batch)
 
     def _batch(self, idx: Tensor, gen: torch.Generator, n: int, sl: slice) -> Batch:
         d = self.data

@@ -110,10 +110,10 @@ class DenseIPS(Method):
         z = _upsample(model(torch.cat(inputs)), (h, w))
         za, zb = z[:n], z[n:2 * n]
         ce = (pixel_cross_entropy(za, ya, ignore) + pixel_cross_entropy(zb, yb, ignore)) / 2
-        near = border_pixels(mask, o.border_margin) if o.border_margin > 0 else torch.zeros_like(mask[:, 0])
+        near = border_pixels(mask, o.border_margin) if o.border_margin > 0 else None
 
         def kd_labels(y: Tensor) -> Tensor:  # labels for the KD term: pixels near a cell boundary left out
-            return torch.where(near, torch.full_like(y, ignore), y)
+            return y if near is None else torch.where(near, torch.full_like(y, ignore), y)
 
         stats: dict[str, Tensor] = {}
         if o.dense_kd == "pixel_agree":
