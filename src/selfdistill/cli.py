@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, config_reference, set_by_path
-from .data import DataError, list_datasets
+from .data import DataError
 from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
+from .engine.distributed import is_main_process
 from .methods import describe_method
-from .models import list_models
 from .registry import UnknownNameError
-from .tasks import get_task
+from .tasks import get_task, list_tasks
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
 DEMO_CONFIG: dict[str, Any] = {
@@ -55,13 +55,14 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.checkpoint, args.overrides, split=args.split, ema=args.ema)
-    print(json.dumps(metrics, indent=2))
+    if is_main_process():
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
-        for task_name in ("classification", "segmentation"):
+        for task_name in list_tasks():
             registry = get_task(task_name).methods
             print(f"# task: {task_name}")
             for name in registry.names():
@@ -72,15 +73,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
                           f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
     elif args.what == "config":
         print(config_reference())
-    elif args.what == "models":
-        from .tasks.segmentation import SEG_MODELS
-
-        print("\n".join(["# task: classification", *list_models(external=True), "# task: segmentation", *SEG_MODELS]))
     else:
-        from .tasks.segmentation import SEG_DATASETS
-
-        print("\n".join(["# task: classification", *list_datasets(), "# task: segmentation",
-                         *SEG_DATASETS.names()]))
+        for task_name in list_tasks():
+            task = get_task(task_name)
+            print("\n".join([f"# task: {task_name}", *(task.model_names() if args.what == "models"
+                                                        else task.dataset_names())]))
     return 0
 
 

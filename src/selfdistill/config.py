@@ -78,6 +78,27 @@ class DenseConfig:
 
 
 @dataclass
+class DetectionDataConfig:
+    """Image + box data of the ``detection`` task."""
+
+    size: int = 320
+    """Side of the square canvas: each image is resized on load so that its longer side is ``size`` (aspect kept)
+    and placed top-left on a zero canvas; boxes are scaled with it and the test metrics are measured at this size
+    (the reduced resolution of CPU runs)."""
+    train_split: str = "train"
+    """COCO layout: ``annotations/instances_<split>.json`` with images in ``<split>/``; Penn-Fudan: ``train``."""
+    val_split: str | None = None
+    """Validation split for model selection (``None``: ``data.val_fraction`` of the training images, seeded)."""
+    test_split: str = "test"
+    """Test split (Penn-Fudan: ``test``, the last ``test_count`` images by name)."""
+    test_count: int = 50
+    """Penn-Fudan: how many images, last by name, form the test split."""
+    min_box: float = 1.0
+    """Boxes narrower or lower than this many pixels after the resize are dropped (a detector cannot train on a
+    degenerate box)."""
+
+
+@dataclass
 class DataConfig:
     """Dataset, split and loader options."""
 
@@ -120,6 +141,8 @@ class DataConfig:
     """Classes for ``synthetic`` (default 10); ignored elsewhere."""
     dense: DenseConfig = field(default_factory=DenseConfig)
     """Segmentation data (``task: segmentation``)."""
+    detection: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    """Detection data (``task: detection``)."""
 
 
 @dataclass
@@ -128,7 +151,8 @@ class ModelConfig:
 
     name: str = "resnet20"
     """A zoo name (``selfdistill list models``), ``timm:<name>`` or ``torchvision:<name>``; for segmentation a
-    torchvision segmentation model (``lraspp_mobilenet_v3_large``, ``deeplabv3_resnet50``, ...)."""
+    torchvision segmentation model (``lraspp_mobilenet_v3_large``, ``deeplabv3_resnet50``, ...), for detection a
+    ``<fasterrcnn|retinanet|fcos>_<backbone>_fpn`` detector (``fasterrcnn_mobilenet_v3_large_fpn``, ...)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model constructor."""
     channels_last: bool = False
@@ -136,8 +160,8 @@ class ModelConfig:
     compile: bool = False
     """Wrap the training model in ``torch.compile``."""
     init_backbone: str | None = None
-    """Segmentation ``transfer`` mode: a selfdistill classification checkpoint (``last.pt``) of the matching
-    torchvision backbone whose weights initialise the segmenter's backbone."""
+    """``transfer`` mode of segmentation and detection: a selfdistill classification checkpoint (``last.pt``) of the
+    matching torchvision backbone whose weights initialise the segmenter's or detector's backbone."""
     sync_bn: bool = False
     """Synchronise BatchNorm statistics over all ranks under DDP (``nn.SyncBatchNorm`` on CUDA, a gloo version on
     CPU)."""
@@ -217,8 +241,9 @@ class TrainConfig:
 class RunConfig:
     """A complete experiment."""
 
-    task: Literal["classification", "segmentation"] = "classification"
-    """What the run trains: an image classifier or a semantic segmenter (methods are per task)."""
+    task: Literal["classification", "segmentation", "detection"] = "classification"
+    """What the run trains: an image classifier, a semantic segmenter or an object detector (methods are per
+    task)."""
     seed: int = 0
     """Seed of initialisation, data order and augmentation."""
     name: str | None = None

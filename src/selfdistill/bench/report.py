@@ -111,7 +111,8 @@ def _step_time(run: Run) -> float:
     return run.value("seconds_per_epoch") / steps
 
 
-LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %"}
+LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %",
+          "map": "mAP %", "ap50": "AP50 %", "ap75": "AP75 %"}
 CLASSIFICATION_METRICS = ["top1", "top5", "ece", "nll"]
 
 
@@ -257,12 +258,13 @@ def self_supervised_lines(cells: list[Cell]) -> list[str]:
 
 
 def per_class_lines(cells: list[Cell]) -> list[str]:
-    """Per-class results of the last epoch (e.g. segmentation IoU), mean over seeds; none for classification."""
+    """Per-class results of the last epoch (segmentation IoU, detection AP), mean over seeds; none for
+    classification."""
     keys = [k for k in cells[0].runs[0].summary.get("last_per_class", {})] if cells else []
     if not keys:
         return []
     lines = ["", "Per class (last epoch, test, mean over seeds):", "",
-             "| method | " + " | ".join(k.removeprefix("iou_") for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+             "| method | " + " | ".join(k.split("_", 1)[-1] for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for cell in cells:
         vals = [statistics.fmean(r.summary["last_per_class"][k] for r in cell.runs) for k in keys]
         lines.append(f"| `{cell.label}` | " + " | ".join("–" if math.isnan(v) else f"{v:.1f}" for v in vals) + " |")

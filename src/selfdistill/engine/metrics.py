@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .distributed import DistInfo, all_reduce_sum
+
 
 def topk_correct(logits: Tensor, target: Tensor, k: int) -> Tensor:
     """Number of rows whose label is among the ``k`` largest logits (``k`` capped at the class count)."""
@@ -38,7 +40,17 @@ def expected_calibration_error(logits: Tensor, target: Tensor, n_bins: int = 15)
     return ece_from_bins(*ece_bins(F.softmax(logits.double(), 1), target, n_bins))
 
 
-class MetricAccumulator:
+class SummedMetrics:
+    """An evaluator whose state is one tensor of sums, added over DDP ranks."""
+
+    sums: Tensor
+
+    def reduce(self, dist: DistInfo) -> None:
+        """Sum the ranks' ``sums`` in place."""
+        all_reduce_sum(self.sums, dist)
+
+
+class MetricAccumulator(SummedMetrics):
     """Accumulates top-1/top-5 hits, NLL and ECE bins over batches."""
 
     def __init__(self, device: torch.device | str = "cpu", n_bins: int = 15) -> None:

@@ -67,8 +67,8 @@ def load_frozen_model(checkpoint: str | Path | dict[str, Any], device: torch.dev
     from ..tasks import get_task
 
     ck = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, device)
-    model_cfg = {**ck["config"]["model"], "init_backbone": None}  # the checkpoint holds every weight
-    model = get_task(ck["config"].get("task", "classification")).build_model(model_cfg, len(ck["classes"]),
+    run_cfg = {**ck["config"], "model": {**ck["config"]["model"], "init_backbone": None}}  # weights come next
+    model = get_task(ck["config"].get("task", "classification")).build_model(run_cfg, len(ck["classes"]),
                                                                               ck["in_chans"])
     weights = ck["ema"] if ema else ck["model"]
     if weights is None:

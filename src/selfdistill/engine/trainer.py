@@ -111,7 +111,7 @@ class Trainer:
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.data = self.task.data_module(cfg.data, self.device, self.dist.rank, self.dist.world, fmt)
-        self.model: nn.Module = self.task.build_model(to_dict(cfg.model), self.data.num_classes, self.data.in_chans
+        self.model: nn.Module = self.task.build_model(to_dict(cfg), self.data.num_classes, self.data.in_chans
                                                       ).to(self.device, memory_format=fmt)
         method_cls, method_opts = self.task.method_options(cfg.method)
         self.cost = method_cls.cost(method_opts)
@@ -208,8 +208,8 @@ class Trainer:
         acc = self.task.evaluator(self.data, self.device)
         for x, y in self.data.eval_batches(split):
             with self._autocast():
-                acc.update(model(x).float(), y)
-        all_reduce_sum(acc.sums, self.dist)
+                acc.update(model(x), y)
+        acc.reduce(self.dist)
         model.train(was_training)
         return acc
 
@@ -470,13 +470,18 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
 @torch.no_grad()
 def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: str = "test",
              ema: bool = False) -> dict[str, float]:
-    """Evaluate a checkpoint's model (or its EMA copy) on a split of its dataset (``data.*`` overrides allowed)."""
+    """Evaluate a checkpoint's model (or its EMA copy) on a split of its dataset (``data.*`` overrides allowed).
+
+    Under ``torchrun`` each rank evaluates its shard and every rank returns the metrics of the whole split."""
     ck = load_checkpoint(checkpoint)
     cfg = resolve_config(ck["config"], overrides)
     task = get_task(cfg.task)
     device = resolve_device(cfg.train.device)
+    dist = init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    data = task.data_module(cfg.data, device, 0, 1, fmt)
+    data = task.data_module(cfg.data, device, dist.rank, dist.world, fmt)
     if data.classes != ck["classes"]:
         raise CheckpointError(f"the data's classes ({len(data.classes)}) differ from the checkpoint's "
                               f"({len(ck['classes'])}); evaluate on data with the same class folders")
@@ -486,5 +491,6 @@ def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: 
         raise ConfigError("the run has no validation split (data.val_fraction=0)")
     acc = task.evaluator(data, device)
     for x, y in data.eval_batches(target):
-        acc.update(model(x).float(), y)
+        acc.update(model(x), y)
+    acc.reduce(dist)
     return acc.compute()

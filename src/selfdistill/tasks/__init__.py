@@ -1,6 +1,5 @@
-"""Tasks the engine trains: image classification and semantic segmentation (detection building blocks in
-:mod:`selfdistill.tasks.detection`)."""
+"""Tasks the engine trains: image classification, semantic segmentation and object detection."""
 
-from .base import TASKS, Evaluator, Task, get_task
+from .base import TASKS, Evaluator, Task, get_task, list_tasks
 
-__all__ = ["TASKS", "Evaluator", "Task", "get_task"]
+__all__ = ["TASKS", "Evaluator", "Task", "get_task", "list_tasks"]

@@ -9,16 +9,18 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DataConfig
-from ..registry import Registry
+from ..engine.distributed import DistInfo
+from ..registry import Registry, UnknownNameError
 
 
 class Evaluator(Protocol):
-    """Accumulates a split's metrics as a tensor of sums (added over DDP ranks by the engine)."""
+    """Accumulates a split's metrics on each rank; :meth:`reduce` combines the ranks before :meth:`compute`."""
 
-    sums: Tensor
-
-    def update(self, output: Tensor, target: Tensor) -> None:
+    def update(self, output: Any, target: Any) -> None:
         """Add a batch of model outputs and targets."""
+
+    def reduce(self, dist: DistInfo) -> None:
+        """Combine the ranks' accumulations (every rank ends with the whole split's)."""
 
     def compute(self) -> dict[str, float]:
         """The metrics (``n`` included) from the sums."""
@@ -47,8 +49,17 @@ class Task:
         """The data module (splits ``train``/``val``/``test``, ``train_loader``, ``eval_batches``, ``classes``)."""
         raise NotImplementedError
 
-    def build_model(self, model_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
-        """The network for a ``model`` config mapping."""
+    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+        """The network for a run config mapping (its ``model`` section, and what else of the run the task needs,
+        e.g. detection's canvas size)."""
+        raise NotImplementedError
+
+    def model_names(self) -> list[str]:
+        """The models this task builds by name (``selfdistill list models``)."""
+        raise NotImplementedError
+
+    def dataset_names(self) -> list[str]:
+        """The datasets this task reads (``selfdistill list datasets``)."""
         raise NotImplementedError
 
     def evaluator(self, data: Any, device: torch.device) -> Evaluator:
@@ -63,7 +74,11 @@ class Task:
         """The ``method:`` mapping checked against this task's methods and fully resolved."""
         from ..methods.base import validate_method_options
 
-        return validate_method_options(spec, self.methods)
+        try:
+            return validate_method_options(spec, self.methods)
+        except UnknownNameError as e:  # say which task's methods were searched
+            raise UnknownNameError(f"{e} (task: {self.name}, whose methods are {', '.join(self.methods.names())})"
+                                   ) from None
 
     def method_options(self, spec: dict[str, Any]) -> tuple[type, Any]:
         """The method class and its options for a validated ``method:`` mapping."""
@@ -76,7 +91,16 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def get_task(name: str) -> Task:
-    """The task registered as ``name`` (``classification``, ``segmentation``)."""
-    from . import classification, segmentation  # noqa: F401  (registration)
-
+    """The task registered as ``name`` (``classification``, ``segmentation``, ``detection``)."""
+    _register()
     return TASKS.get(name)()
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    _register()
+    return TASKS.names()
+
+
+def _register() -> None:
+    from . import classification, detection, segmentation  # noqa: F401  (registration)

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DataConfig
-from ..data import DataModule
+from ..data import DataModule, list_datasets
 from ..engine.metrics import MetricAccumulator, topk_correct
 from ..methods import METHODS
-from ..models import build_model
+from ..models import build_model, list_models
 from .base import TASKS, Task
 
 
@@ -28,8 +28,15 @@ class ClassificationTask(Task):
                     memory_format: torch.memory_format) -> DataModule:
         return DataModule(cfg, device, rank, world, memory_format)
 
-    def build_model(self, model_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+        model_cfg = run_cfg["model"]
         return build_model(model_cfg["name"], num_classes, in_chans, **model_cfg["kwargs"])
+
+    def model_names(self) -> list[str]:
+        return list_models(external=True)
+
+    def dataset_names(self) -> list[str]:
+        return list_datasets()
 
     def evaluator(self, data: Any, device: torch.device) -> MetricAccumulator:
         return MetricAccumulator(device)

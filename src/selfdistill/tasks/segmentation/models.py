@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ...engine.checkpoint import CheckpointError, load_checkpoint
+from ..transfer import copy_backbone
 
 SEG_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
               "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
@@ -50,27 +50,6 @@ def init_backbone(model: SegmentationNet, name: str, checkpoint: str | Path) -> 
     """Copy a selfdistill classification run's network into ``model``'s backbone (the ``transfer`` mode).
 
     The run must be a ``torchvision:<backbone>`` model of the segmenter's family (e.g. ``mobilenet_v3_large`` for
-    ``lraspp_mobilenet_v3_large``); every backbone tensor must be found with the same shape. Returns the number
-    of tensors copied.
+    ``lraspp_mobilenet_v3_large``). Returns the number of tensors copied.
     """
-    expected = BACKBONES[name.removeprefix("torchvision:")]
-    ck = load_checkpoint(checkpoint)
-    if not (isinstance(ck, dict) and "model" in ck and "config" in ck):
-        raise CheckpointError(f"{checkpoint} is not a selfdistill run checkpoint (<run>/last.pt)")
-    got = ck["config"]["model"]["name"]
-    if got.removeprefix("torchvision:") != expected:
-        raise CheckpointError(f"model.init_backbone: {checkpoint} holds a '{got}', the backbone of '{name}' is "
-                              f"torchvision:{expected}")
-    source: dict[str, Tensor] = ck["model"]
-    target = model.net.backbone.state_dict()
-    copied = {}
-    for key, value in target.items():
-        # resnets keep their module names; mobilenets' backbone is the classifier's ``features``
-        src = next((k for k in (key, f"features.{key}") if k in source), None)
-        if src is None or source[src].shape != value.shape:
-            raise CheckpointError(f"model.init_backbone: backbone tensor '{key}' {tuple(value.shape)} has no match in "
-                                  f"{checkpoint}")
-        copied[key] = source[src]
-    model.net.backbone.load_state_dict(copied)
-    return len(copied)
-
+    return copy_backbone(model.net.backbone, BACKBONES[name.removeprefix("torchvision:")], checkpoint, name)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...augment import Ratio, grid_swap_mask, swap_with_mask
+from ...engine.metrics import SummedMetrics
 from ...losses import kl_rows
 
 
@@ -164,7 +165,7 @@ def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float =
     return T * T * kl_rows(teacher, student.clamp_min(1e-12).log()).mean()
 
 
-class ConfusionMatrix:
+class ConfusionMatrix(SummedMetrics):
     """Accumulates a ``K × K`` confusion matrix (rows: true class, columns: prediction), ignoring ``ignore_index``.
 
     The matrix is the evaluator's ``sums``: summing it over DDP ranks gives the whole split's metrics.

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from ...config import DataConfig
 from ..base import TASKS, Task
-from .data import SegDataModule
+from .data import SEG_DATASETS, SegDataModule
 from .methods import SEG_METHODS
-from .models import build_segmentation_model, init_backbone
+from .models import SEG_MODELS, build_segmentation_model, init_backbone
 from .ops import ConfusionMatrix, _upsample
 
 
@@ -28,11 +28,18 @@ class SegmentationTask(Task):
                     memory_format: torch.memory_format) -> SegDataModule:
         return SegDataModule(cfg, device, rank, world, memory_format)
 
-    def build_model(self, model_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+        model_cfg = run_cfg["model"]
         model = build_segmentation_model(model_cfg["name"], num_classes, in_chans, **model_cfg["kwargs"])
         if model_cfg.get("init_backbone"):
             init_backbone(model, model_cfg["name"], model_cfg["init_backbone"])
         return model
+
+    def model_names(self) -> list[str]:
+        return list(SEG_MODELS)
+
+    def dataset_names(self) -> list[str]:
+        return SEG_DATASETS.names()
 
     def evaluator(self, data: Any, device: torch.device) -> ConfusionMatrix:
         return ConfusionMatrix(data.num_classes, data.ignore_index, device, data.classes)
