@@ -158,7 +158,7 @@ def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task)
     ckpt = tmp_path / "run" / "last.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", "-m", "selfdistill", "eval", str(ckpt)],
+                          f"--master_port={_free_port()}", "-m", "selfdistill", "eval", "--checkpoint", str(ckpt)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     two = json.loads(out.stdout[out.stdout.index("{"):])
