@@ -154,6 +154,11 @@ def test_pool_boxes_golden_values():
     assert torch.allclose(qb, torch.tensor([[0.5, 0.75]]))
     qs, _, _ = pool_boxes(z, torch.tensor([0]), 1, 1.0, "sigmoid_softmax")
     assert torch.allclose(qs, torch.tensor([[0.25, 0.75]]))
+    # max_iou: each box takes its positive of highest IoU (ties averaged)
+    qm, _, has = pool_boxes(logits, gt, 3, 1.0, "softmax", iou=torch.tensor([0.6, 0.9, 0.7]))
+    assert torch.allclose(qm[0], torch.tensor([0.5, 0.5])) and torch.allclose(qm[1], torch.tensor([0.75, 0.25]))
+    qt, _, _ = pool_boxes(logits, gt, 3, 1.0, "softmax", iou=torch.tensor([0.8, 0.8, 0.7]))
+    assert torch.allclose(qt[0], torch.tensor([0.375, 0.625])) and has.tolist() == [True, True, False]
 
 
 def test_box_kl_golden_values_and_zero_on_equal_rows():
@@ -230,8 +235,11 @@ def test_detectors_return_positives_assigned_to_their_boxes(name):
     assert out["softmax"] == name.startswith("fasterrcnn")
     assert out["logits"].shape == (len(out["gt"]), 3)
     assert set(out["gt"].tolist()) <= {0, 1, 2} and all(torch.isfinite(v) for v in out["losses"].values())
-    if out["softmax"]:  # Faster R-CNN adds every box to its proposals: each box has a positive
-        assert set(out["gt"].tolist()) == {0, 1, 2}
+    assert out["iou"].shape == out["gt"].shape and (out["iou"] <= 1 + 1e-6).all()
+    if not name.startswith("fcos"):  # foreground means IoU >= 0.5 with the assigned box (FCOS assigns points)
+        assert (out["iou"] >= 0.5).all()
+    if out["softmax"]:  # Faster R-CNN adds every box to its proposals: each box has a positive of IoU 1
+        assert set(out["gt"][out["iou"] > 1 - 1e-6].tolist()) == {0, 1, 2}
     model.eval()
     det = model(torch.randn(2, 3, 64, 64))
     assert len(det) == 2 and {"boxes", "scores", "labels"} <= set(det[0])
@@ -278,13 +286,14 @@ def test_ips_swap_conserves_pixels_and_moves_boxes_with_their_cells(policy):
     assert not torch.equal(ips.swap(_pair_batch(xa, xb, ta, tb, seed=4))[4], mask)
 
 
-def test_ips_on_an_identical_pair_has_zero_distillation():
+@pytest.mark.parametrize("pool", ["mean", "max_iou"])
+def test_ips_on_an_identical_pair_has_zero_distillation(pool):
     # RetinaNet assigns anchors deterministically, so the one box gets the same pooled distribution twice
     torch.manual_seed(0)
     model = build_detector("retinanet_resnet18_fpn", 1, 64).train()
     x = torch.randn(2, 3, 64, 64)
     t = _targets([[[4, 4, 40, 60]], [[10, 8, 50, 56]]])
-    ips = DetectionIPS(DetIPSOptions(), MethodContext(1, 10, 1, 1, torch.device("cpu")))
+    ips = DetectionIPS(DetIPSOptions(pool=pool), MethodContext(1, 10, 1, 1, torch.device("cpu")))
     out = ips.training_step(model, _pair_batch(x, x.clone(), t, [dict(u) for u in t]), 1)
     assert float(out.stats["matched_boxes"]) == 1.0
     assert float(out.losses["kd"].detach()) == pytest.approx(0.0, abs=1e-6)

@@ -42,8 +42,10 @@ class DetectorLoss(Method):
         return StepOutput(losses, out["logits"], positive_labels(batch.y, out["gt"]))
 
 
-def pool_boxes(logits: Tensor, gt: Tensor, n_boxes: int, T: float, head: HeadKD) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-box distributions pooled (mean) over the positives assigned to each box.
+def pool_boxes(logits: Tensor, gt: Tensor, n_boxes: int, T: float, head: HeadKD, iou: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-box distributions pooled over the positives assigned to each box: their mean, or with ``iou`` (each
+    positive's IoU with its box) the positive of highest IoU (``pool = max_iou``; tied positives are averaged).
 
     Returns ``(q_T, p_1, has)``: the pooled distributions at temperature ``T`` and at 1, ``(n_boxes, C)``, and
     which boxes have a positive. ``softmax`` (Faster R-CNN): ``C = K + 1`` classes with background in column 0;
@@ -52,11 +54,15 @@ def pool_boxes(logits: Tensor, gt: Tensor, n_boxes: int, T: float, head: HeadKD)
     """
     with torch.autocast(logits.device.type, enabled=False):
         z = logits.float() if head == "softmax" else logits.float()[:, 1:]
-        count = torch.zeros(n_boxes, device=z.device).index_add_(0, gt, torch.ones_like(gt, dtype=torch.float32))
+        weight = torch.ones_like(gt, dtype=torch.float32)
+        if iou is not None:
+            best = torch.full((n_boxes,), -1.0, device=z.device).scatter_reduce(0, gt, iou.float(), "amax")
+            weight = (iou.float() == best[gt]).float()
+        count = torch.zeros(n_boxes, device=z.device).index_add_(0, gt, weight)
 
         def pooled(t: float) -> Tensor:
             p = torch.sigmoid(z / t) if head == "bernoulli" else F.softmax(z / t, dim=1)
-            total = torch.zeros(n_boxes, z.shape[1], device=z.device).index_add_(0, gt, p)
+            total = torch.zeros(n_boxes, z.shape[1], device=z.device).index_add_(0, gt, p * weight[:, None])
             return total / count.clamp_min(1)[:, None]
 
         return pooled(T), pooled(1.0), count > 0
@@ -128,6 +134,8 @@ class DetIPSOptions:
     """Distillation temperature."""
     lambda_kd: float = 1.0
     """Weight of the matched-proposal distillation term."""
+    pool: Literal["mean", "max_iou"] = "mean"
+    """How a box's distribution is pooled over its positives: their mean, or the positive of highest IoU."""
     sigmoid_kd: Literal["bernoulli", "softmax"] = "bernoulli"
     """Sigmoid heads (RetinaNet, FCOS): per-class Bernoulli KL summed over classes, or a softmax over the K class
     logits. Softmax heads (Faster R-CNN) always use the K + 1-way distribution."""
@@ -188,7 +196,8 @@ class DetectionIPS(Method):
         counts = [len(t["labels"]) for t in targets]
         starts = torch.tensor([0, *counts]).cumsum(0).tolist()
         box_labels = torch.cat([t["labels"] for t in targets]).to(out["logits"].device)
-        q_T, p_1, has = pool_boxes(out["logits"], out["gt"], starts[-1], o.T, head)
+        q_T, p_1, has = pool_boxes(out["logits"], out["gt"], starts[-1], o.T, head,
+                                   out["iou"] if o.pool == "max_iou" else None)
         first, second = [], []
         n, first_row = len(ta), batch.rows.start or 0
         for i in range(n):

@@ -56,8 +56,8 @@ class DetectionNet(nn.Module):
 
     Training forward ``(x, targets)`` returns ``{"losses": the detector's own losses, "logits": (P, C)
     classification logits of the positives, "gt": (P,) index of each positive's box in the batch (boxes numbered
-    image after image), "softmax": the head type}``; evaluation forward ``(x)`` returns torchvision's per-image
-    detections.
+    image after image), "iou": (P,) IoU of each positive's RoI or anchor with that box, "softmax": the head
+    type}``; evaluation forward ``(x)`` returns torchvision's per-image detections.
     The head type is ``softmax`` for Faster R-CNN (``C = K + 1`` with background) and sigmoid otherwise
     (``C = K + 1`` columns, column 0 never a positive's class).
     """
@@ -74,7 +74,7 @@ class DetectionNet(nn.Module):
 
             def select_and_keep(proposals, targets):  # the RoIs' assignment to boxes (labels 0 = background)
                 out = select(proposals, targets)
-                self._seen["matched"], self._seen["labels"] = out[1], out[2]
+                self._seen.update(boxes=out[0], matched=out[1], labels=out[2], targets=targets)
                 return out
 
             heads.select_training_samples = select_and_keep
@@ -83,7 +83,8 @@ class DetectionNet(nn.Module):
             loss = net.head.compute_loss
 
             def loss_and_keep(targets, head_outputs, anchors, matched_idxs):  # anchors' assignment (-1 = none)
-                self._seen["logits"], self._seen["matched"] = head_outputs["cls_logits"], matched_idxs
+                self._seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs, boxes=anchors,
+                                  targets=targets)
                 return loss(targets, head_outputs, anchors, matched_idxs)
 
             net.head.compute_loss = loss_and_keep
@@ -94,7 +95,7 @@ class DetectionNet(nn.Module):
             return self.net(images)
         self._seen.clear()
         losses = self.net(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
-        seen, offset, logits, gt = self._seen, 0, [], []
+        seen, offset, logits, gt, iou = self._seen, 0, [], [], []
         first_box = torch.tensor([0, *(len(t["boxes"]) for t in targets)]).cumsum(0).tolist()
         for i in range(len(targets)):
             if self.softmax:
@@ -107,8 +108,18 @@ class DetectionNet(nn.Module):
                 rows = seen["logits"][i]
             logits.append(rows[pos])
             gt.append(seen["matched"][i][pos] + first_box[i])
+            iou.append(paired_iou(seen["boxes"][i][pos], seen["targets"][i]["boxes"][seen["matched"][i][pos]]))
         self._seen.clear()
-        return {"losses": losses, "logits": torch.cat(logits), "gt": torch.cat(gt), "softmax": self.softmax}
+        return {"losses": losses, "logits": torch.cat(logits), "gt": torch.cat(gt), "iou": torch.cat(iou),
+                "softmax": self.softmax}
+
+
+def paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` for two ``(P, 4)`` box tensors."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(1)
+    area = (a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1)
+    return inter / (area - inter).clamp_min(1e-9)
 
 
 def build_detector(name: str, num_classes: int, image_size: int, **kwargs: Any) -> DetectionNet:
