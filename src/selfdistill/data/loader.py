@@ -24,15 +24,17 @@ PIPELINES = ("weak", "strong")
 class Batch:
     """One training step's data on the device.
 
-    ``x`` is the first augmented view (normalised float), ``views`` all ``n`` views (``views[0] is x``),
-    ``index`` the dataset indices, ``partner`` the same-class partners' batch under the class-pair sampler.
+    ``x`` is the first augmented view (normalised float), ``y`` the labels (class indices, label maps, or for
+    detection one target dict per image with ``boxes``, ``labels`` and ``size``), ``views`` all ``n`` views
+    (``views[0] is x``), ``index`` the dataset indices, ``partner`` the same-class partners' batch under the
+    class-pair sampler.
     ``seed`` is a per-step seed, equal on every rank: a method that draws random numbers for the batch draws
     them for all ``global_size`` rows from ``generator()`` and keeps ``rows``, its rank's slice, so results do
     not depend on the world size and a resumed run draws the same numbers.
     """
 
     x: Tensor
-    y: Tensor
+    y: Tensor | list[dict[str, Tensor]]
     index: Tensor
     views: list[Tensor] = field(default_factory=list)
     partner: Batch | None = None
