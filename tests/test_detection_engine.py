@@ -286,6 +286,20 @@ def test_ips_swap_conserves_pixels_and_moves_boxes_with_their_cells(policy):
     assert not torch.equal(ips.swap(_pair_batch(xa, xb, ta, tb, seed=4))[4], mask)
 
 
+def test_ips_swap_of_a_rank_slice_equals_those_rows_of_the_global_batch():
+    g = torch.Generator().manual_seed(2)
+    xa, xb = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    ta = _targets([[[4, 4, 20, 40]], [[30, 30, 60, 62]]])
+    tb = _targets([[[40, 10, 60, 30]], [[8, 40, 28, 60]]])
+    ips = _ips(box_policy="free")
+    whole = ips.swap(_pair_batch(xa, xb, ta, tb))
+    second = _pair_batch(xa[1:], xb[1:], ta[1:], tb[1:])
+    second.global_size, second.rows = 2, slice(1, 2)  # rank 1 of 2
+    part = ips.swap(second)
+    assert torch.equal(part[0], whole[0][1:]) and torch.equal(part[4], whole[4][1:])
+    assert torch.equal(part[2][0]["boxes"], whole[2][1]["boxes"])
+
+
 @pytest.mark.parametrize("pool", ["mean", "max_iou"])
 def test_ips_on_an_identical_pair_has_zero_distillation(pool):
     # RetinaNet assigns anchors deterministically, so the one box gets the same pooled distribution twice
