@@ -1,12 +1,13 @@
 """The grid runner and the report, end to end on a tiny synthetic grid."""
 
 import csv
+import json
 
 import pytest
 import yaml
 
 from selfdistill.bench import load_grid, run_grid, write_report
-from selfdistill.bench.report import README_END, README_START, mean_std, update_readme, welch_p
+from selfdistill.bench.report import README_END, README_START, load_runs, mean_std, update_readme, welch_p
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
 from selfdistill.config import ConfigError
@@ -88,6 +89,20 @@ def test_statistics_helpers():
     assert m == 4.0 and s != s  # std undefined for one value
     assert welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 0.001
     assert welch_p([1.0], [2.0, 3.0]) != welch_p([1.0], [2.0, 3.0])  # nan
+
+
+def test_runs_of_one_method_with_other_settings_get_their_own_label(tmp_path):
+    def run(name, seed, epochs, threads):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"method": {"name": "ce"}, "data": {"name": "x"}, "model": {"name": "m"}, "seed": seed,
+               "train": {"epochs": epochs, "threads": threads}}
+        (d / "summary.json").write_text(json.dumps({"config": cfg, "seed": seed}))
+
+    run("a", 0, 24, 1)
+    run("b", 1, 24, 2)  # threads differ: not a setting of the result
+    run("c", 0, 48, 1)
+    assert sorted(r.label for r in load_runs(tmp_path)) == ["ce", "ce", "ce [train.epochs=48]"]
 
 
 def test_a_run_held_by_another_process_is_skipped(tmp_path):

@@ -70,7 +70,43 @@ def load_runs(root: str | Path) -> list[Run]:
         label = method_label(cfg["method"], cfg.get("task", "classification"))
         run = Run(summary, rows, label, (cfg["data"]["name"], cfg["model"]["name"]))
         runs.append(run)
+    _label_settings(runs)
     return runs
+
+
+# run-environment settings that do not change what a run measures
+_NOT_A_SETTING = ("seed", "name", "out", "method.", "data.root", "data.cache_dir", "data.num_workers",
+                  "train.threads", "train.progress", "train.tensorboard", "train.log_every",
+                  "train.checkpoint_every_steps")
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": repr(v)})
+    return out
+
+
+def _label_settings(runs: list[Run]) -> None:
+    """Tell apart runs of one method whose other settings differ (e.g. a grid entry with ``train.epochs: 48``):
+    a setting that every run of the (dataset, model) group records but not all with the same value is appended
+    to the label of the runs that differ from its most common value, e.g. ``ce [train.epochs=48]``."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.group].append(run)
+    for members in groups.values():
+        flats = [_flat(r.summary["config"]) for r in members]
+        shared = set.intersection(*(set(f) for f in flats)) if flats else set()
+        suffix: dict[int, list[str]] = defaultdict(list)
+        for key in sorted(k for k in shared if not k.startswith(_NOT_A_SETTING)):
+            values = [f[key] for f in flats]
+            if len(set(values)) > 1:
+                common = max(set(values), key=lambda v: (values.count(v), -values.index(v)))
+                for i, v in enumerate(values):
+                    if v != common:
+                        suffix[i].append(f"{key}={v}")
+        for i, parts in suffix.items():
+            members[i].label += f" [{', '.join(parts)}]"
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -332,7 +368,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
         slug = f"{dataset}_{model}".replace(":", "-").replace("/", "-")
         lines += [f"## {dataset} / {model}", "",
                   f"{first['num_train']} training images, {first['num_val']} validation, {first['num_test']} test; "
-                  f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}.", ""]
+                  f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}"
+                  + ("; a label's `[key=value]` is a setting in which its runs differ from the others."
+                     if any("[" in c.label for c in cells) else "."), ""]
         supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
         lines += group_table(supervised, baseline) if supervised else []
         lines += teacher_lines(supervised) + generation_lines(supervised)
