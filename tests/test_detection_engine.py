@@ -2,6 +2,7 @@
 distillation (golden values and invariants), the COCO evaluator, the IPS swap, and short end-to-end runs on real
 Penn-Fudan images."""
 
+import csv
 import json
 import math
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from conftest import REPO
 from selfdistill import train
+from selfdistill.bench.report import write_report
 from selfdistill.config import ConfigError, DataConfig, resolve_config
 from selfdistill.data.loader import Batch
 from selfdistill.data.sources import DataError
@@ -339,6 +341,11 @@ def test_detection_trains_resumes_exactly_and_evaluates(tmp_path, method):
     run = tmp_path / "full" / resolve_config(cfg).run_name()
     again = evaluate(run / "last.pt")
     assert again["map"] == pytest.approx(full["last"]["test_map"])
+    report = write_report(tmp_path / "full", tmp_path / "report")
+    assert "mAP %" in report.read_text()
+    with (tmp_path / "report" / "runs.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["test_map_last"]) == pytest.approx(full["last"]["test_map"])
 
 
 def test_detection_config_errors_name_the_task(tmp_path):

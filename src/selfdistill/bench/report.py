@@ -261,7 +261,9 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
-    every = [*CLASSIFICATION_METRICS, "miou", "pixel_acc"]
+    from ..tasks import get_task, list_tasks
+
+    every = list(dict.fromkeys(m for name in list_tasks() for m in get_task(name).metrics))  # every task's
     cols = ["dataset", "model", "method", "seed", "epochs", "num_train", "num_val", *(f"test_{m}_last" for m in every),
             "primary_metric", "best_val_epoch", "val_primary_best", "test_primary_at_best_val",
             "seconds_per_epoch", "images_per_s", "passes_per_step", "run"]
