@@ -14,10 +14,10 @@ from torch import Tensor
 
 from ...config import DataConfig
 from ...data.augment import normalize
-from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
-from ...data.samplers import ShuffleSampler, rank_slice
+from ...data.loader import Batch, DataRequirements
+from ...data.samplers import rank_slice
 from ...data.sources import DataError
-from ..segmentation.data import PresencePairSampler
+from ..segmentation.data import DenseTrainLoader
 from .ops import pennfudan_split
 
 DET_DATASETS = ("pennfudan", "coco")
@@ -167,16 +167,7 @@ class DetDataModule:
 
     def train_loader(self, req: DataRequirements, seed: int) -> DetTrainLoader:
         """Batches for a detection method's requirements (one view; ``pair`` = images sharing a class)."""
-        if req.views != ("weak",) or req.multicrop is not None:
-            raise ValueError("detection methods take one augmented view per image")
-        batch = global_batch(self.cfg.batch_size, req.batch_scale, self.world)
-        if req.sampler == "pair":
-            sampler: ShuffleSampler = PresencePairSampler(self.presence, batch, self.cfg.drop_last, seed)
-        elif req.sampler == "shuffle":
-            sampler = ShuffleSampler(torch.arange(len(self.train)), batch, self.cfg.drop_last, seed)
-        else:
-            raise ValueError(f"unknown sampler '{req.sampler}' for detection (shuffle, pair)")
-        return DetTrainLoader(self, sampler, seed)
+        return DetTrainLoader(self, req, seed)
 
     def eval_batches(self, split: DetSplit) -> Iterator[tuple[Tensor, list[dict[str, Tensor]]]]:
         """This rank's shard of ``split`` as ``(canvases, targets)`` batches, in order; targets carry the image's
@@ -221,23 +212,10 @@ def hflip_valid(images: Tensor, sizes: Tensor, flip: Tensor) -> Tensor:
     return images.gather(3, src[:, None, None, :].expand(n, c, h, side))
 
 
-class DetTrainLoader:
-    """One epoch's flipped batches from any step, deterministically from ``(seed, epoch, step)``."""
+class DetTrainLoader(DenseTrainLoader):
+    """Detection batches: a random horizontal flip of each image inside its width, boxes mirrored with it."""
 
-    def __init__(self, data: DetDataModule, sampler: ShuffleSampler, seed: int) -> None:
-        self.data = data
-        self.sampler = sampler
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Yield this rank's batches of ``epoch`` from ``start_step`` on."""
-        plan = self.sampler.epoch(epoch)
-        for step in range(start_step, len(plan)):
-            yield assemble_batch(plan[step], step_seed(self.seed, epoch, step), self.data.rank, self.data.world,
-                                 self._batch)
+    task = "detection"
 
     def _batch(self, idx: Tensor, gen: torch.Generator, n: int, sl: slice) -> Batch:
         d = self.data

@@ -111,6 +111,12 @@ def matched_box_kd(q_T: Tensor, p_1: Tensor, box_labels: Tensor, first: Tensor, 
     return T * T * box_kl(q_T[t].detach(), q_T[s], head).mean(), first_teaches.float().mean()
 
 
+def pair_generator(batch: Batch, row: int, salt: int = 0) -> torch.Generator:
+    """A CPU generator for the pair at ``row`` of this rank's batch, seeded by the step seed and the pair's global
+    row (so draws do not depend on the world size)."""
+    return torch.Generator().manual_seed((batch.seed * 1_000_003 + (batch.rows.start or 0) + row + salt) % 2**62)
+
+
 @dataclass
 class DetIPSOptions:
     """Detection IPS options (methods.md §1.14)."""
@@ -168,11 +174,11 @@ class DetectionIPS(Method):
         o, a, b = self.opt, batch, batch.partner
         if b is None:
             raise RuntimeError("detection IPS needs the class-presence pair sampler (data requirement 'pair')")
-        n, side, first_row = len(a), a.x.shape[-1], batch.rows.start or 0
+        n, side = len(a), a.x.shape[-1]
         mask = torch.zeros(n, 1, side, side, dtype=torch.bool)
         ta, tb = [], []
         for r, (sa, sb) in enumerate(zip(a.y, b.y, strict=True)):
-            g = torch.Generator().manual_seed((batch.seed * 1_000_003 + first_row + r) % 2**62)
+            g = pair_generator(batch, r)
             u = torch.rand(2, generator=g)
             ratio = o.ratio_low + (o.ratio_high - o.ratio_low) * float(u[1])
             k = round(ratio * o.grid * o.grid) if float(u[0]) < o.p_swap else 0
@@ -199,13 +205,11 @@ class DetectionIPS(Method):
         q_T, p_1, has = pool_boxes(out["logits"], out["gt"], starts[-1], o.T, head,
                                    out["iou"] if o.pool == "max_iou" else None)
         first, second = [], []
-        n, first_row = len(ta), batch.rows.start or 0
+        n, labels_cpu, has_cpu = len(ta), box_labels.cpu(), has.cpu()  # the matching is bookkeeping on CPU
         for i in range(n):
             sa, sb = slice(starts[i], starts[i + 1]), slice(starts[n + i], starts[n + i + 1])
-            ok_a, ok_b = has[sa].nonzero()[:, 0].cpu(), has[sb].nonzero()[:, 0].cpu()
-            g = torch.Generator().manual_seed((batch.seed * 1_000_003 + first_row + i + 7) % 2**62)
-            ia, ib = match_boxes(box_labels[sa][ok_a.to(box_labels.device)].cpu(),
-                                 box_labels[sb][ok_b.to(box_labels.device)].cpu(), g)
+            ok_a, ok_b = has_cpu[sa].nonzero()[:, 0], has_cpu[sb].nonzero()[:, 0]
+            ia, ib = match_boxes(labels_cpu[sa][ok_a], labels_cpu[sb][ok_b], pair_generator(batch, i, salt=7))
             first.append(ok_a[ia] + starts[i])
             second.append(ok_b[ib] + starts[n + i])
         first_t = torch.cat(first).to(q_T.device)

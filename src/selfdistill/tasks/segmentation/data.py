@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -157,16 +157,7 @@ class SegDataModule:
 
     def train_loader(self, req: DataRequirements, seed: int) -> SegTrainLoader:
         """Batches for a segmentation method's requirements (one view; ``pair`` = class-presence pairs)."""
-        if req.views != ("weak",) or req.multicrop is not None:
-            raise ValueError("segmentation methods take one augmented view per image")
-        batch = global_batch(self.cfg.batch_size, req.batch_scale, self.world)
-        if req.sampler == "pair":
-            sampler: ShuffleSampler = PresencePairSampler(self.presence, batch, self.cfg.drop_last, seed)
-        elif req.sampler == "shuffle":
-            sampler = ShuffleSampler(torch.arange(len(self.train)), batch, self.cfg.drop_last, seed)
-        else:
-            raise ValueError(f"unknown sampler '{req.sampler}' for segmentation (shuffle, pair)")
-        return SegTrainLoader(self, sampler, seed)
+        return SegTrainLoader(self, req, seed)
 
     def eval_batches(self, split: SegSplit) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's shard of ``split`` as normalised ``(x, labels)`` batches, in order (no augmentation)."""
@@ -177,10 +168,23 @@ class SegDataModule:
             yield self.prepare(split.images[start:stop]), split.labels[start:stop].long()
 
 
-class SegTrainLoader:
-    """One epoch's augmented batches from any step, deterministically from ``(seed, epoch, step)``."""
+class DenseTrainLoader:
+    """One epoch's augmented batches of a dense task (segmentation, detection) from any step, deterministically
+    from ``(seed, epoch, step)``: one view per image, anchors shuffled (``shuffle``) or paired by class presence
+    (``pair``, the data module's ``presence`` table). Subclasses build a batch in :meth:`_batch`."""
 
-    def __init__(self, data: SegDataModule, sampler: ShuffleSampler, seed: int) -> None:
+    task: ClassVar[str] = ""
+
+    def __init__(self, data: Any, req: DataRequirements, seed: int) -> None:
+        if req.views != ("weak",) or req.multicrop is not None:
+            raise ValueError(f"{self.task} methods take one augmented view per image")
+        batch = global_batch(data.cfg.batch_size, req.batch_scale, data.world)
+        if req.sampler == "pair":
+            sampler: ShuffleSampler = PresencePairSampler(data.presence, batch, data.cfg.drop_last, seed)
+        elif req.sampler == "shuffle":
+            sampler = ShuffleSampler(torch.arange(len(data.train)), batch, data.cfg.drop_last, seed)
+        else:
+            raise ValueError(f"unknown sampler '{req.sampler}' for {self.task} (shuffle, pair)")
         self.data = data
         self.sampler = sampler
         self.seed = seed
@@ -194,6 +198,16 @@ class SegTrainLoader:
         for step in range(start_step, len(plan)):
             yield assemble_batch(plan[step], step_seed(self.seed, epoch, step), self.data.rank, self.data.world,
                                  self._batch)
+
+    def _batch(self, idx: Tensor, gen: torch.Generator, n: int, sl: slice) -> Batch:
+        """The batch of dataset indices ``idx`` (``n`` global rows drawn from ``gen``, this rank's slice ``sl``)."""
+        raise NotImplementedError
+
+
+class SegTrainLoader(DenseTrainLoader):
+    """Segmentation batches: joint random scale / crop / flip of images and label maps."""
+
+    task = "segmentation"
 
     def _batch(self, idx: Tensor, gen: torch.Generator, n: int, sl: slice) -> Batch:
         d = self.data
