@@ -45,7 +45,7 @@ def run_config(args: argparse.Namespace, model: str, method: dict, out: Path) ->
     """A run config whose epoch 1 is ``args.steps`` steps and has no evaluation."""
     return {
         "seed": 0, "out": str(out), "name": f"{model}_{method['name']}",
-        "data": {"name": "imagefolder", "root": str(CIFAR10), "cache_dir": str(out / "cache"),
+        "data": {"name": "imagefolder", "root": str(args.data), "cache_dir": str(out / "cache"),
                  "train_subset": args.steps * args.batch, "batch_size": args.batch, "drop_last": True},
         "model": {"name": model, "channels_last": args.channels_last, "compile": args.compile},
         "method": method,
@@ -147,6 +147,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data", type=Path, default=CIFAR10, help="CIFAR-10 ImageFolder tree (default: ../shared beside "
+                   "the repository)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")

@@ -431,6 +431,8 @@ class Trainer:
             "config": to_dict(self.cfg),
             "env": {"selfdistill": __version__, "git_sha": git_sha(), "torch": torch.__version__,
                     "python": sys.version.split()[0], "platform": platform.platform(), "device": str(self.device),
+                    "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                                    else platform.processor() or platform.machine()),
                     "world_size": self.dist.world},
         }
 
