@@ -137,6 +137,12 @@ def test_dataset_errors_say_what_to_do(tmp_path):
         cfg = _pf_config()
         cfg.detection.test_split = "val"
         DetDataModule(cfg)
+    with pytest.raises(DataError, match="both name a validation split"):
+        cfg = _pf_config(val_fraction=0.2)
+        cfg.detection.val_split = "test"
+        DetDataModule(cfg)
+    with pytest.raises(DataError, match="train_subset=500 exceeds the 120"):
+        DetDataModule(_pf_config(train_subset=500))
 
 
 # --------------------------------------------------------------------------------------------- distillation

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from conftest import REPO
-from selfdistill.config import ConfigError, resolve_config
+from selfdistill.config import ConfigError, DataConfig, resolve_config
+from selfdistill.data import DataError
 from selfdistill.data.loader import Batch
 from selfdistill.engine.checkpoint import CheckpointError
 from selfdistill.methods import MethodContext
 from selfdistill.tasks.segmentation import (
     DenseIPS,
     PresencePairSampler,
+    SegDataModule,
     border_pixels,
     build_segmentation_model,
     class_presence,
@@ -238,6 +240,25 @@ def _config(tmp_path, method: dict, epochs: int = 1) -> dict:
         "optim": {"lr": 0.01}, "sched": {"name": "constant"},
         "train": {"epochs": epochs, "device": "cpu", "progress": False, "tensorboard": False},
     }
+
+
+def test_validation_is_the_val_split_or_a_seeded_fraction_of_train_never_both():
+    def data(**kw) -> DataConfig:
+        cfg = DataConfig(name="camvid", root=str(CAMVID), train_subset=10, **kw)
+        cfg.dense.size, cfg.dense.test_split = [18, 24], "val"
+        return cfg
+
+    split = SegDataModule(data())
+    assert len(split.train) == 10 and len(split.val) == 101  # CamVid's own val split
+    cfg = data(val_fraction=0.3)
+    cfg.dense.val_split = None
+    held = SegDataModule(cfg)
+    assert (len(held.train), len(held.val)) == (7, 3)
+    assert sorted(held.train.names + held.val.names) == sorted(split.train.names)  # held out of the same subset
+    cfg.val_fraction = 0.0
+    assert SegDataModule(cfg).val is None
+    with pytest.raises(DataError, match="both name a validation split"):
+        SegDataModule(data(val_fraction=0.3))
 
 
 def test_segmentation_methods_are_per_task():

@@ -72,7 +72,8 @@ class DenseConfig:
     train_split: str = "train"
     """Training split name (CamVid: a folder; VOC: a list in ``ImageSets/Segmentation``)."""
     val_split: str | None = "val"
-    """Validation split for model selection (``None``: none)."""
+    """Validation split for model selection (``None``: a seeded ``data.val_fraction`` of the training images, none
+    when it is 0)."""
     test_split: str = "test"
     """Test split (VOC has no public test labels: use ``val`` and set ``val_split: null``)."""
 
@@ -113,10 +114,11 @@ class DataConfig:
     eval_batch_size: int = 512
     """Batch size for evaluation."""
     train_subset: int = 0
-    """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed`` (segmentation: a
-    random subset)."""
+    """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed`` (segmentation and
+    detection: a random subset)."""
     val_fraction: float = 0.0
-    """Class-balanced fraction of the training set held out for model selection."""
+    """Class-balanced fraction of the training set held out for model selection (segmentation and detection: a
+    random fraction, only where the task's ``val_split`` is null)."""
     split_seed: int = 0
     """Seed of the subset and validation split (independent of the run seed)."""
     image_size: int | None = None

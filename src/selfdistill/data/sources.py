@@ -16,13 +16,10 @@ from torch import Tensor
 from ..config import DataConfig
 from ..fileio import atomic_save
 from ..registry import Registry
+from .errors import DataError
 from .splits import make_splits
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, corrupt or inconsistent; the message says what to do."""
 
 
 @dataclass

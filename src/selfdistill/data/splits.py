@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import DataError
+
 
 def balanced_take(labels: Tensor, per_class: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Take ``per_class[c]`` random indices of each class ``c``; return ``(taken, rest)``, both sorted."""
@@ -42,7 +44,7 @@ def make_splits(labels: Tensor, num_classes: int, val_fraction: float, train_sub
     """Return ``(train_idx, val_idx)``: the validation split is drawn first from the full training set, then
     ``train_subset`` images (0 = all) are drawn from the rest; both class-balanced and seeded by ``seed``."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     g = torch.Generator().manual_seed(seed)
     if val_fraction > 0:
         val_idx, train_idx = balanced_take(labels, split_counts(labels, num_classes, fraction=val_fraction,
@@ -51,8 +53,27 @@ def make_splits(labels: Tensor, num_classes: int, val_fraction: float, train_sub
         val_idx, train_idx = torch.empty(0, dtype=torch.long), torch.arange(labels.numel())
     if train_subset:
         if train_subset > train_idx.numel():
-            raise ValueError(f"data.train_subset={train_subset} exceeds the {train_idx.numel()} training images")
+            raise DataError(f"data.train_subset={train_subset} exceeds the {train_idx.numel()} training images")
         counts = split_counts(labels[train_idx], num_classes, total=train_subset, generator=g)
         sub, _ = balanced_take(labels[train_idx], counts, g)
         train_idx = train_idx[sub]
     return train_idx, val_idx
+
+
+def random_splits(n: int, train_subset: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Splits of a set without one label per image (segmentation, detection): ``train_subset`` random images
+    (0 = all) drawn with ``seed``, then a ``val_fraction`` of those held out with ``seed + 1``; returns the sorted
+    ``(train, val)`` indices."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    keep = torch.arange(n)
+    if train_subset:
+        if train_subset > n:
+            raise DataError(f"data.train_subset={train_subset} exceeds the {n} training images")
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:train_subset].sort().values
+    val = torch.empty(0, dtype=torch.long)
+    if val_fraction > 0:
+        order = torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(seed + 1))
+        n_val = max(1, round(val_fraction * keep.numel()))
+        val, keep = keep[order[:n_val].sort().values], keep[order[n_val:].sort().values]
+    return keep.tolist(), val.tolist()

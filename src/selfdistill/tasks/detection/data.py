@@ -17,6 +17,7 @@ from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements
 from ...data.samplers import rank_slice
 from ...data.sources import DataError
+from ...data.splits import random_splits
 from ..segmentation.data import DenseTrainLoader
 from .ops import pennfudan_split
 
@@ -134,18 +135,15 @@ class DetDataModule:
                 items, classes = coco_items(root, split)
             return load_canvases(items, self.det.size, self.det.min_box).to(self.device), classes
 
-        self.train, self.classes = load(self.det.train_split)
-        if cfg.train_subset:
-            keep = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(cfg.split_seed))
-            self.train = self.train.subset(keep[:cfg.train_subset].sort().values.tolist())
-        self.val: DetSplit | None = None
+        train, self.classes = load(self.det.train_split)
+        if self.det.val_split and cfg.val_fraction > 0:
+            raise DataError(f"data.val_fraction={cfg.val_fraction} and data.detection.val_split="
+                            f"'{self.det.val_split}' both name a validation split: keep one")
+        train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
+        self.train = train.subset(train_idx)
+        self.val: DetSplit | None = train.subset(val_idx) if val_idx else None
         if self.det.val_split:
             self.val, _ = load(self.det.val_split)
-        elif cfg.val_fraction > 0:
-            order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
-            n_val = max(1, round(cfg.val_fraction * len(self.train)))
-            self.val = self.train.subset(order[:n_val].sort().values.tolist())
-            self.train = self.train.subset(order[n_val:].sort().values.tolist())
         self.test, test_classes = load(self.det.test_split)
         if test_classes != self.classes:
             raise DataError("the test split's categories differ from the training split's")

@@ -17,6 +17,7 @@ from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
 from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, rank_slice
 from ...data.sources import DataError, channel_stats
+from ...data.splits import random_splits
 from ...registry import Registry
 from .ops import class_presence, draw_partners, load_segmentation_folder
 
@@ -51,6 +52,11 @@ class SegSplit:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def subset(self, keep: list[int]) -> SegSplit:
+        """The images at ``keep``, in that order."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.images.device)
+        return SegSplit(self.images[idx], self.labels[idx], [self.names[i] for i in keep])
 
 
 def sample_scale_crop_flip(n: int, size: tuple[int, int], crop: tuple[int, int], scale: tuple[float, float],
@@ -133,13 +139,16 @@ class SegDataModule:
                                                              self.ignore_index)
             return SegSplit(images.to(self.device), labels.to(self.device), names)
 
-        self.train = load(self.dense.train_split)
-        if cfg.train_subset:
-            keep = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(cfg.split_seed))
-            keep = keep[:cfg.train_subset].sort().values.to(self.device)
-            self.train = SegSplit(self.train.images[keep], self.train.labels[keep],
-                                  [self.train.names[i] for i in keep.tolist()])
-        self.val = load(self.dense.val_split) if self.dense.val_split else None
+        train = load(self.dense.train_split)
+        if self.dense.val_split and cfg.val_fraction > 0:
+            raise DataError(f"data.val_fraction={cfg.val_fraction} and data.dense.val_split='{self.dense.val_split}' "
+                            "both name a validation split: keep one (data.dense.val_split: null holds out "
+                            "data.val_fraction of the training images)")
+        train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
+        self.train = train.subset(train_idx)
+        self.val = train.subset(val_idx) if val_idx else None
+        if self.dense.val_split:
+            self.val = load(self.dense.val_split)
         self.test = load(self.dense.test_split)
         self.in_chans = self.train.images.shape[1]
         stats = channel_stats(self.train.images.cpu())
