@@ -4,7 +4,7 @@ from PIL import Image
 
 from selfdistill.config import DataConfig
 from selfdistill.data import DataError, DataModule, DataRequirements, list_datasets
-from selfdistill.data.sources import DATASETS
+from selfdistill.data.sources import DATASETS, channel_stats, valid_mask
 
 
 def _make_folder(root, classes=("a", "b"), per_class=3, splits=("train", "test"), size=(6, 5), mode="RGB"):
@@ -134,3 +134,31 @@ def test_streaming_imagefolder(tmp_path):
     assert torch.equal(batches[0].partner.y, batches[0].y)
     ys = torch.cat([y for _, y in dm.eval_batches(dm.test)])
     assert torch.equal(ys, dm.test.labels)
+
+
+def test_channel_stats_match_a_direct_computation_across_chunks():
+    g = torch.Generator().manual_seed(0)
+    small = torch.randint(0, 256, (7, 3, 5, 6), dtype=torch.uint8, generator=g)
+    big = torch.randint(0, 256, (3, 1, 4096, 4097), dtype=torch.uint8, generator=g)  # > 2**24 values: 1 per chunk
+    for images in (small, big):
+        x = images.double() / 255
+        mean, std = channel_stats(images)
+        assert torch.allclose(torch.tensor(mean, dtype=torch.float64), x.mean((0, 2, 3)), atol=1e-9)
+        assert torch.allclose(torch.tensor(std, dtype=torch.float64), x.std((0, 2, 3), unbiased=False), atol=1e-7)
+
+
+def test_channel_stats_of_canvases_ignore_the_padding():
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.tensor([[4, 6], [6, 3], [1, 1]])
+    images = torch.randint(0, 256, (3, 2, 6, 6), dtype=torch.uint8, generator=g)
+    padded = images.clone()
+    mask = valid_mask(sizes, 6, 6, "cpu")
+    assert mask.shape == (3, 1, 6, 6) and mask.sum((1, 2, 3)).tolist() == [24, 18, 1]
+    assert mask[1, 0, :, :3].all() and not mask[1, 0, :, 3:].any()
+    padded[~mask.expand_as(padded)] = 255  # whatever the padding holds
+    valid = torch.cat([images[i, :, :h, :w].reshape(2, -1) for i, (h, w) in enumerate(sizes.tolist())], 1)
+    for canvases in (images, padded):
+        mean, std = channel_stats(canvases, sizes)
+        assert torch.allclose(torch.tensor(mean, dtype=torch.float64), valid.double().mean(1) / 255, atol=1e-9)
+        assert torch.allclose(torch.tensor(std, dtype=torch.float64), (valid.double() / 255).std(1, unbiased=False),
+                              atol=1e-7)

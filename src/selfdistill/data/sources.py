@@ -66,18 +66,35 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] of uint8 images ``(N, C, H, W)``, in float64 chunks."""
-    c = images.shape[1]
+def valid_mask(sizes: Tensor, height: int, width: int, device: torch.device | str) -> Tensor:
+    """``(N, 1, height, width)`` bool: true on each image's top-left ``h × w`` pixels (``sizes``: ``(N, 2)``),
+    false on the padding of a canvas."""
+    s = sizes.to(device)
+    rows = torch.arange(height, device=device)[None, :, None] < s[:, 0, None, None]
+    cols = torch.arange(width, device=device)[None, None, :] < s[:, 1, None, None]
+    return (rows & cols)[:, None]
+
+
+def channel_stats(images: Tensor, sizes: Tensor | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of uint8 images ``(N, C, H, W)``, in float64 chunks of about 2²⁴
+    values; with ``sizes`` (``(N, 2)`` heights and widths), over each image's top-left ``h × w`` pixels only."""
+    n, c, h, w = images.shape
     total = torch.zeros(c, dtype=torch.float64)
     sq = torch.zeros(c, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64) / 255.0
-        total += x.sum((0, 2, 3))
-        sq += (x * x).sum((0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = (sq / n - mean**2).clamp_min(1e-12).sqrt()
+    count = 0
+    rows = max(1, 2**24 // max(1, c * h * w))
+    for start in range(0, n, rows):
+        x = images[start:start + rows].to(torch.float64) / 255.0
+        if sizes is not None:
+            mask = valid_mask(sizes[start:start + rows], h, w, images.device)
+            x = x * mask
+            count += int(mask.sum())
+        else:
+            count += x.shape[0] * h * w
+        total += x.sum((0, 2, 3)).cpu()
+        sq += (x * x).sum((0, 2, 3)).cpu()
+    mean = total / max(count, 1)
+    std = (sq / max(count, 1) - mean**2).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
 
 

@@ -16,7 +16,7 @@ from ...config import DataConfig
 from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements
 from ...data.samplers import rank_slice
-from ...data.sources import DataError
+from ...data.sources import DataError, channel_stats, valid_mask
 from ...data.splits import random_splits
 from ..segmentation.data import DenseTrainLoader
 from .ops import pennfudan_split
@@ -150,7 +150,7 @@ class DetDataModule:
         self.num_classes = len(self.classes)
         self.in_chans = 3
         self.image_size = self.det.size
-        mean, std = _valid_stats(self.train)
+        mean, std = channel_stats(self.train.images, self.train.sizes)
         self.mean = torch.tensor(cfg.augment.mean or mean, dtype=torch.float32)
         self.std = torch.tensor(cfg.augment.std or std, dtype=torch.float32)
         self.presence = torch.zeros(len(self.train), self.num_classes + 1, dtype=torch.bool)
@@ -160,7 +160,8 @@ class DetDataModule:
 
     def prepare(self, images_u8: Tensor, sizes: Tensor) -> Tensor:
         """Normalised float canvases (padding stays exactly 0) in the run's memory format."""
-        x = normalize(images_u8, self.mean, self.std) * _valid_mask(sizes, images_u8.shape[-1], self.device)
+        side = images_u8.shape[-1]
+        x = normalize(images_u8, self.mean, self.std) * valid_mask(sizes, side, side, self.device)
         return x.contiguous(memory_format=self.memory_format)
 
     def train_loader(self, req: DataRequirements, seed: int) -> DetTrainLoader:
@@ -177,23 +178,6 @@ class DetDataModule:
             for t, i in zip(targets, idx.tolist(), strict=True):
                 t["image_id"] = torch.tensor(i)
             yield self.prepare(split.images[idx.to(self.device)], split.sizes[idx]), targets
-
-
-def _valid_mask(sizes: Tensor, side: int, device: torch.device) -> Tensor:
-    """``(N, 1, S, S)`` float: 1 inside each image's valid area, 0 on its padding."""
-    r = torch.arange(side, device=device)
-    s = sizes.to(device)
-    return ((r[None, :, None] < s[:, 0, None, None]) & (r[None, None, :] < s[:, 1, None, None]))[:, None].float()
-
-
-def _valid_stats(split: DetSplit) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] over the valid (unpadded) pixels of a split."""
-    mask = _valid_mask(split.sizes, split.images.shape[-1], split.images.device)
-    x = split.images.double() / 255.0
-    n = mask.sum()
-    mean = (x * mask).sum((0, 2, 3)) / n
-    var = ((x - mean[None, :, None, None]) ** 2 * mask).sum((0, 2, 3)) / n
-    return mean.tolist(), var.clamp_min(1e-12).sqrt().tolist()
 
 
 def hflip_boxes(boxes: Tensor, width: int | Tensor) -> Tensor:
