@@ -7,7 +7,17 @@ import pytest
 import yaml
 
 from selfdistill.bench import load_grid, run_grid, write_report
-from selfdistill.bench.report import README_END, README_START, load_runs, mean_std, update_readme, welch_p
+from selfdistill.bench.report import (
+    README_END,
+    README_START,
+    Cell,
+    Run,
+    load_runs,
+    mean_std,
+    per_class_lines,
+    update_readme,
+    welch_p,
+)
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
 from selfdistill.config import ConfigError
@@ -161,3 +171,17 @@ def test_killing_the_bench_stops_its_training_run(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the training run outlived its bench process")
+
+
+def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
+    def run(seed: int, per_class: dict[str, float]) -> Run:
+        return Run(summary={"seed": seed, "last_per_class": per_class}, rows=[])
+
+    nan = float("nan")  # a class absent from the test split
+    ce = Cell("ce", [run(0, {"ap_cat": 10.0, "ap_dog": nan}), run(1, {"ap_cat": 20.0, "ap_dog": nan})])
+    ips = Cell("ips", [run(0, {"ap_cat": 30.0, "ap_dog": 1.24})])
+    lines = per_class_lines([ce, ips])
+    assert lines[3] == "| method | cat | dog |"
+    assert lines[5:] == ["| `ce` | 15.0 | – |", "| `ips` | 30.0 | 1.2 |"]
+    assert per_class_lines([Cell("ce", [run(0, {"ap_person": 50.0})])]) == []
+    assert per_class_lines([Cell("ce", [run(0, {})])]) == []

@@ -297,9 +297,9 @@ def self_supervised_lines(cells: list[Cell]) -> list[str]:
 
 def per_class_lines(cells: list[Cell]) -> list[str]:
     """Per-class results of the last epoch (segmentation IoU, detection AP), mean over seeds; none for
-    classification."""
+    classification, nor for one class (the main table already holds it)."""
     keys = [k for k in cells[0].runs[0].summary.get("last_per_class", {})] if cells else []
-    if not keys:
+    if len(keys) < 2:
         return []
     lines = ["", "Per class (last epoch, test, mean over seeds):", "",
              "| method | " + " | ".join(k.split("_", 1)[-1] for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
