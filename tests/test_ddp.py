@@ -104,6 +104,32 @@ assert len(bns) == 9 and all(isinstance(m, CPUSyncBatchNorm) for m in bns)
 """
 
 
+GLOBAL_MEAN_CHECK = """
+import torch, torch.distributed as dist
+from selfdistill.engine.distributed import global_mean
+dist.init_process_group("gloo")
+r = dist.get_rank()
+total, count = torch.tensor([3.0, 9.0])[r], torch.tensor([1, 5])[r]  # rank 0: 1 of 4 rows, rank 1: 3 of 4
+share = [(1, 4), (3, 4)][r]
+loss = global_mean(total, count, share)
+# the engine weights a rank by its row share (rows·world/global) and DDP averages over the 2 ranks
+weighted = loss * share[0] * 2 / share[1] / 2
+dist.all_reduce(weighted)
+assert torch.isclose(weighted, torch.tensor(12.0 / 6)), weighted  # (3 + 9) / (1 + 5)
+assert torch.isclose(global_mean(total, count), total / count)  # no share: this rank's mean
+assert global_mean(torch.tensor(0.0), torch.tensor(0), share) == 0
+"""
+
+
+def test_global_mean_over_ranks_is_the_global_batch_mean(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(GLOBAL_MEAN_CHECK)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", str(script)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
 def test_sync_batchnorm_matches_the_fp64_global_batch(tmp_path):
     """Gradients of a ResNet-8 with synchronised BatchNorm over 2 ranks equal the fp64 gradient of the global
     batch (the statistics and their gradients are all-reduced)."""
@@ -135,6 +161,35 @@ def test_checkpoint_resumes_on_another_world_size(tmp_path):
     for k, v in ref.items():
         if v.dtype.is_floating_point:
             torch.testing.assert_close(mixed[k], v, atol=2e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips", "grid": 4},
+                                    {"name": "ips", "dense_kd": "class_region", "grid": 4, "min_pixels": 16}])
+def test_segmentation_two_processes_match_one(tmp_path, method):
+    """Pixel means (CE, the dense KD terms) are over the global batch's labelled pixels / regions: the ranks'
+    counts differ (void pixels, crop padding, swaps), and a per-rank mean would weight them differently. Two
+    steps: later, fp32 noise can flip a near-tie in class_region's teacher choice (a discrete jump, not a bias)."""
+
+    def cfg(name: str) -> dict:
+        return {"task": "segmentation", "name": name, "seed": 0, "out": str(tmp_path / "runs"),
+                "data": {"name": "camvid", "root": str(REPO.parent / "shared" / "datasets" / "camvid"),
+                         "batch_size": 4, "eval_batch_size": 8, "train_subset": 8,
+                         "dense": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "val_split": None,
+                                   "test_split": "val"}},
+                "model": {"name": "lraspp_mobilenet_v3_large", "sync_bn": True}, "method": method,
+                "optim": {"lr": 0.001}, "sched": {"name": "constant"},
+                "train": {"epochs": 1, "device": "cpu", "progress": False, "tensorboard": False, "threads": 1}}
+
+    _run(cfg("one"), tmp_path / "one.yaml", 1)
+    _run(cfg("two"), tmp_path / "two.yaml", 2)
+    one = load_checkpoint(tmp_path / "runs" / "one" / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")["model"]
+    for k, v in one.items():
+        if v.dtype.is_floating_point:  # per-rank means were up to ~1e-2 off here
+            torch.testing.assert_close(two[k], v, atol=1e-5, rtol=1e-4, msg=k)
+        else:
+            assert torch.equal(two[k], v), k
 
 
 @pytest.mark.slow

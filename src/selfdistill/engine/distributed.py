@@ -50,6 +50,22 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def global_mean(total: torch.Tensor, count: torch.Tensor, share: tuple[int, int] | None = None) -> torch.Tensor:
+    """``total / count`` for a mean over a data-dependent number of elements (labelled pixels, matched regions).
+
+    ``share = (rows on this rank, rows in the global batch)``: in a DDP job ``count`` is summed over the ranks
+    and the result scaled by ``global / local`` rows, so that the engine's row-share weighting and DDP's
+    gradient average give the gradient of the mean over the global batch, as one process would. One process (or
+    ``share=None``): the local ``total / count``. 0 when the count is 0.
+    """
+    count = count.detach().to(total.dtype)
+    if share is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        total = total * (share[1] / max(share[0], 1))
+    return total / count.clamp_min(1)
+
+
 def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
     """Wrap ``model`` in DDP when running distributed (optionally converting BatchNorm to SyncBatchNorm)."""
     if not info.enabled:  # one process: a CPU run with sync_bn computes BatchNorm as the synchronised version does

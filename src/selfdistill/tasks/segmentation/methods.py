@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ...augment import grid_swap_mask, swap_with_mask
 from ...config import ConfigError
 from ...data.loader import Batch, DataRequirements
+from ...engine.distributed import global_mean
 from ...methods.base import Method, NoOptions, StepOutput, register_method
 from ...registry import Registry
 from .ops import _upsample, class_region_loss, pixel_agree_loss
@@ -24,12 +25,14 @@ from .ops import _upsample, class_region_loss, pixel_agree_loss
 SEG_METHODS: Registry[type[Method]] = Registry("method")
 
 
-def pixel_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Mean CE over the labelled pixels (logits upsampled to the labels; 0 when no pixel is labelled)."""
+def pixel_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255,
+                        share: tuple[int, int] | None = None) -> Tensor:
+    """Mean CE over the labelled pixels (logits upsampled to the labels; 0 when no pixel is labelled); with
+    ``share`` (this rank's and the global batch's rows), over the global batch's labelled pixels under DDP."""
     with torch.autocast(logits.device.type, enabled=False):
         z = _upsample(logits.float(), labels.shape[-2:])
         total = F.cross_entropy(z, labels.long(), ignore_index=ignore_index, reduction="sum")
-        return total / (labels != ignore_index).sum().clamp_min(1)
+        return global_mean(total, (labels != ignore_index).sum(), share)
 
 
 def border_pixels(mask: Tensor, margin: int) -> Tensor:
@@ -49,7 +52,8 @@ class SegCrossEntropy(Method):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         logits = model(batch.x)
-        return StepOutput({"ce": pixel_cross_entropy(logits, batch.y, self.ctx.ignore_index)}, logits, batch.y)
+        ce = pixel_cross_entropy(logits, batch.y, self.ctx.ignore_index, (len(batch), batch.global_size))
+        return StepOutput({"ce": ce}, logits, batch.y)
 
 
 @dataclass
@@ -109,7 +113,8 @@ class DenseIPS(Method):
         inputs = [xa, xb, a.x, b.x] if o.dense_kd == "context" else [xa, xb]
         z = _upsample(model(torch.cat(inputs)), (h, w))
         za, zb = z[:n], z[n:2 * n]
-        ce = (pixel_cross_entropy(za, ya, ignore) + pixel_cross_entropy(zb, yb, ignore)) / 2
+        share = (len(batch), batch.global_size)
+        ce = (pixel_cross_entropy(za, ya, ignore, share) + pixel_cross_entropy(zb, yb, ignore, share)) / 2
         near = border_pixels(mask, o.border_margin) if o.border_margin > 0 else None
 
         def kd_labels(y: Tensor) -> Tensor:  # labels for the KD term: pixels near a cell boundary left out
@@ -117,16 +122,16 @@ class DenseIPS(Method):
 
         stats: dict[str, Tensor] = {}
         if o.dense_kd == "pixel_agree":
-            kd, omega = pixel_agree_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, ignore)
+            kd, omega = pixel_agree_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, ignore, share)
             stats["kd_pixels"] = omega.float() / (n * h * w)
         elif o.dense_kd == "class_region":
-            kd = class_region_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, o.min_pixels, ignore)
+            kd = class_region_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, o.min_pixels, ignore, share)
         else:
             # each original pixel is predicted in its own context and in the swapped one (x̃_a where M = 0, x̃_b
             # where M = 1); both predictions carry the pixel's own label, so Ω is every labelled pixel
             m = mask.expand_as(za)
             swapped_ctx = torch.cat([torch.where(m, zb, za), torch.where(m, za, zb)])
             y_orig = torch.cat([kd_labels(a.y), kd_labels(b.y)])
-            kd, omega = pixel_agree_loss(z[2 * n:], swapped_ctx, y_orig, y_orig, o.T, ignore)
+            kd, omega = pixel_agree_loss(z[2 * n:], swapped_ctx, y_orig, y_orig, o.T, ignore, share)
             stats["kd_pixels"] = omega.float() / (2 * n * h * w)
         return StepOutput({"ce": ce, "kd": o.lambda_kd * kd}, torch.cat([za, zb]), torch.cat([ya, yb]), stats)

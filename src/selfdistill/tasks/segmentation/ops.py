@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...augment import Ratio, grid_swap_mask, swap_with_mask
+from ...engine.distributed import global_mean
 from ...engine.metrics import SummedMetrics
 from ...losses import kl_rows
 
@@ -112,18 +113,18 @@ def _upsample(z: Tensor, size: tuple[int, int]) -> Tensor:
     return z if z.shape[-2:] == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
 
 
-def pixel_agree_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, ignore_index: int = 255
-                     ) -> tuple[Tensor, Tensor]:
+def pixel_agree_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, ignore_index: int = 255,
+                     share: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """``pixel_agree``: over ``Ω = {u : ỹ_a(u) = ỹ_b(u) ≠ ignore}``, the more confident side (higher probability of
     the label) teaches the other per pixel: ``T²·mean_Ω KL(σ_T(sg z_t) ‖ σ_T(z_s))``; 0 when Ω is empty.
 
-    Logits ``(N, K, h, w)`` are upsampled to the label size. Returns ``(loss, |Ω|)``.
+    Logits ``(N, K, h, w)`` are upsampled to the label size. ``share``: this rank's and the global batch's rows,
+    for a mean over the global batch's Ω under DDP (:func:`~selfdistill.engine.distributed.global_mean`).
+    Returns ``(loss, |Ω|)`` (this rank's Ω).
     """
     size = ya.shape[-2:]
     za, zb = _upsample(za.float(), size), _upsample(zb.float(), size)
     omega = (ya == yb) & (ya != ignore_index)
-    if not bool(omega.any()):
-        return za.sum() * 0.0, omega.sum()
     k = za.shape[1]
     pa, pb = za.permute(0, 2, 3, 1)[omega], zb.permute(0, 2, 3, 1)[omega]  # (|Ω|, K)
     y = ya[omega].long().clamp(0, k - 1)
@@ -133,14 +134,15 @@ def pixel_agree_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 
     teacher = torch.where(a_teaches, pa, pb).detach()
     student = torch.where(a_teaches, pb, pa)
     kl = kl_rows(F.softmax(teacher / T, 1), F.log_softmax(student / T, 1))
-    return T * T * kl.mean(), omega.sum()
+    return T * T * global_mean(kl.sum(), omega.sum(), share), omega.sum()
 
 
 def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, min_pixels: int = 64,
-                      ignore_index: int = 255) -> Tensor:
+                      ignore_index: int = 255, share: tuple[int, int] | None = None) -> Tensor:
     """``class_region``: for every pair and every class present (≥ ``min_pixels``) in both swapped maps, the
     mean tempered distribution over the class's pixels on each side; the side with the higher mean probability
-    of c teaches: ``T²·mean_{pairs, c} KL(sg q_t^c ‖ q_s^c)``; 0 when no class qualifies."""
+    of c teaches: ``T²·mean_{pairs, c} KL(sg q_t^c ‖ q_s^c)``; 0 when no class qualifies. ``share``: as in
+    :func:`pixel_agree_loss` (the mean is over the global batch's qualifying (pair, class) regions)."""
     size = ya.shape[-2:]
     za, zb = _upsample(za.float(), size), _upsample(zb.float(), size)
     k = za.shape[1]
@@ -155,14 +157,13 @@ def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float =
     qa, ca = region_means(za, ya)
     qb, cb = region_means(zb, yb)
     valid = (ca >= min_pixels) & (cb >= min_pixels)  # (N, K)
-    if not bool(valid.any()):
-        return za.sum() * 0.0
     idx = torch.arange(k, device=za.device)
     pa_c, pb_c = qa[:, idx, idx], qb[:, idx, idx]  # mean probability of c on its own region
     a_teaches = pa_c >= pb_c
     teacher = torch.where(a_teaches[..., None], qa, qb).detach()[valid]
     student = torch.where(a_teaches[..., None], qb, qa)[valid]
-    return T * T * kl_rows(teacher, student.clamp_min(1e-12).log()).mean()
+    kl = kl_rows(teacher, student.clamp_min(1e-12).log())
+    return T * T * global_mean(kl.sum(), valid.sum(), share)
 
 
 class ConfusionMatrix(SummedMetrics):
