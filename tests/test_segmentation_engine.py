@@ -174,7 +174,7 @@ def test_dense_ips_context_is_zero_without_swaps_and_positive_with_them():
         Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"]
     kd_swap = DenseIPS(DenseIPSOptions(dense_kd="context", grid=4, ratio_low=0.5), _ctx()).training_step(
         Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"]
-    assert float(kd_none) == pytest.approx(0.0, abs=1e-6) and float(kd_swap) > 1e-4
+    assert kd_none.item() == pytest.approx(0.0, abs=1e-6) and kd_swap.item() > 1e-4
 
 
 def test_dense_ips_pixel_agree_matches_a_loop_over_pixels():
