@@ -121,24 +121,24 @@ assert global_mean(torch.tensor(0.0), torch.tensor(0), share) == 0
 """
 
 
-def test_global_mean_over_ranks_is_the_global_batch_mean(tmp_path):
+def _run_script(code: str, tmp_path) -> None:
+    """Run ``code`` on 2 gloo processes through torchrun; it fails by raising."""
     script = tmp_path / "check.py"
-    script.write_text(GLOBAL_MEAN_CHECK)
+    script.write_text(code)
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                           f"--master_port={_free_port()}", str(script)], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_global_mean_over_ranks_is_the_global_batch_mean(tmp_path):
+    _run_script(GLOBAL_MEAN_CHECK, tmp_path)
 
 
 def test_sync_batchnorm_matches_the_fp64_global_batch(tmp_path):
     """Gradients of a ResNet-8 with synchronised BatchNorm over 2 ranks equal the fp64 gradient of the global
     batch (the statistics and their gradients are all-reduced)."""
-    script = tmp_path / "check.py"
-    script.write_text(SYNC_BN_CHECK)
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", str(script)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _run_script(SYNC_BN_CHECK, tmp_path)
 
 
 def test_checkpoint_resumes_on_another_world_size(tmp_path):
