@@ -101,6 +101,7 @@ assert err < 1e-6, err
 from selfdistill.engine.distributed import CPUSyncBatchNorm
 bns = [m for m in sync.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 assert len(bns) == 9 and all(isinstance(m, CPUSyncBatchNorm) for m in bns)
+dist.destroy_process_group()
 """
 
 
@@ -118,6 +119,7 @@ dist.all_reduce(weighted)
 assert torch.isclose(weighted, torch.tensor(12.0 / 6)), weighted  # (3 + 9) / (1 + 5)
 assert torch.isclose(global_mean(total, count), total / count)  # no share: this rank's mean
 assert global_mean(torch.tensor(0.0), torch.tensor(0), share) == 0
+dist.destroy_process_group()
 """
 
 
