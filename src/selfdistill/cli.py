@@ -13,7 +13,7 @@ from typing import Any
 from .config import ConfigError, config_reference, set_by_path
 from .data import DataError
 from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
-from .engine.distributed import is_main_process
+from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method
 from .registry import UnknownNameError
 from .tasks import get_task, list_tasks
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (`selfdistill list | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,13 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def close_distributed() -> None:
+    """Leave the ``torchrun`` process group, if one was joined (a gloo group left to the interpreter's exit can
+    abort the process after its work is done)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``t`` over ranks in place (a no-op for one process); returns ``t``."""
     if info.enabled:
