@@ -1,5 +1,6 @@
 """Supervised mean teacher: EMA updates, the ramp, no gradient to the teacher, end to end and resume."""
 
+import copy
 import math
 
 import pytest
@@ -31,7 +32,7 @@ def test_ema_extremes_and_copied_bn_buffers():
     model = _model()
     model(torch.randn(4, 3, 6, 6))
     for decay, same_as_student in ((0.0, True), (1.0, False)):
-        ema = ModelEMA(model, decay, average_buffers=False)
+        ema = ModelEMA(model, decay, buffers="copy")
         before = {k: v.clone() for k, v in ema.module.state_dict().items()}
         with torch.no_grad():
             for p in model.parameters():
@@ -45,6 +46,40 @@ def test_ema_extremes_and_copied_bn_buffers():
                 assert torch.equal(v, model.state_dict()[k]), k
             else:
                 assert torch.equal(v, before[k]), k
+
+
+def test_averaged_and_own_bn_buffers():
+    model = _model()
+    model(torch.randn(4, 3, 6, 6))
+    avg, own = ModelEMA(model, 0.75, buffers="average"), ModelEMA(model, 0.75, buffers="own")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()(torch.randn(4, 3, 6, 6) * 3)  # moves the BN running statistics
+    avg.update(model)
+    own.update(model)
+    bn = "1.running_var"
+    torch.testing.assert_close(avg.module.state_dict()[bn], 0.75 * start[bn] + 0.25 * model.state_dict()[bn])
+    assert torch.equal(own.module.state_dict()[bn], start[bn])  # left to the EMA model's own forwards
+    assert torch.equal(own.module.state_dict()["1.num_batches_tracked"], start["1.num_batches_tracked"])
+
+
+@pytest.mark.parametrize("teacher_bn", ["copy", "average", "batch"])
+def test_teacher_bn_modes_give_the_target_and_keep_the_teacher_in_eval(teacher_bn):
+    model = _model()
+    x = torch.randn(4, 3, 6, 6) * 2 + 1
+    model(x)
+    m = _method(model, teacher_bn=teacher_bn, consistency="mse_prob", ramp_fraction=0.0)
+    teacher = m.ema.module
+    before = teacher.state_dict()["1.running_mean"].clone()
+    with torch.no_grad():
+        zs = model.train()(x)
+        # the target: eval mode (running statistics), or the batch's own statistics for "batch"
+        zt = copy.deepcopy(teacher).train(teacher_bn == "batch")(x)
+    out = m.training_step(model, Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x, x]), 1)
+    expected = torch.nn.functional.mse_loss(zs.softmax(1), zt.softmax(1))
+    assert float(out.losses["consistency"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert not teacher.training
+    moved = not torch.equal(teacher.state_dict()["1.running_mean"], before)
+    assert moved == (teacher_bn == "batch")  # only a train-mode forward updates the teacher's own statistics
 
 
 def test_ramp_and_no_gradient_to_the_teacher():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -76,13 +77,15 @@ def cosine_to_one(base: float, step: int, total: int) -> float:
 
 
 class ModelEMA(nn.Module):
-    """Exponential moving average of a model's parameters and floating buffers (``average_buffers=False``: buffers
-    such as BatchNorm statistics are copied from the model instead; integer buffers are always copied)."""
+    """Exponential moving average of a model's parameters and floating buffers. ``buffers``: ``average`` (EMA
+    of BatchNorm statistics too), ``copy`` (taken from the model at each update) or ``own`` (left to the EMA
+    model's own train-mode forwards); integer buffers are copied unless ``own``."""
 
-    def __init__(self, model: nn.Module, decay: float, average_buffers: bool = True) -> None:
+    def __init__(self, model: nn.Module, decay: float, buffers: Literal["average", "copy", "own"] = "average"
+                 ) -> None:
         super().__init__()
         self.decay = decay
-        self.average_buffers = average_buffers
+        self.buffers_mode = buffers
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -93,7 +96,7 @@ class ModelEMA(nn.Module):
         """``ema ← decay·ema + (1−decay)·model``."""
         src = model.state_dict()
         for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point and (self.average_buffers or k in self.params):
+            if k in self.params or (v.dtype.is_floating_point and self.buffers_mode == "average"):
                 v.lerp_(src[k].detach(), 1 - self.decay)
-            else:
+            elif self.buffers_mode != "own":
                 v.copy_(src[k])

@@ -40,6 +40,13 @@ class MeanTeacherOptions:
     of the teacher's logits, momentum ``center_momentum``); 0 keeps the plain temperature T (``kl`` only)."""
     center_momentum: float = 0.9
     """Momentum of the centre used with ``teacher_temp``."""
+    teacher_bn: Literal["copy", "average", "batch"] = "copy"
+    """The teacher's BatchNorm: ``copy`` = the student's running statistics (eval-mode forward); ``average`` =
+    an EMA of them like the weights; ``batch`` = the teacher normalises by its own batch's statistics (train-mode
+    forward, as Mean Teacher's code does) and keeps its own running statistics, which its evaluation uses."""
+
+
+BUFFERS: dict[str, Literal["average", "copy", "own"]] = {"copy": "copy", "average": "average", "batch": "own"}
 
 
 @register_method("mean_teacher")
@@ -55,8 +62,8 @@ class MeanTeacher(Method):
         return DataRequirements(views=("weak", options.student_view))
 
     def setup(self, model: nn.Module) -> None:
-        """The EMA teacher starts equal to the student; BN buffers are copied, not averaged."""
-        self.ema = ModelEMA(unwrap(model), self.opt.ema_decay, average_buffers=False)
+        """The EMA teacher starts equal to the student; its BN buffers follow ``teacher_bn``."""
+        self.ema = ModelEMA(unwrap(model), self.opt.ema_decay, buffers=BUFFERS[self.opt.teacher_bn])
         self.step = 0
         self.center = torch.zeros(1, self.ctx.num_classes, device=self.ctx.device)
 
@@ -74,7 +81,9 @@ class MeanTeacher(Method):
         o = self.opt
         zs = model(batch.views[1])
         with torch.no_grad():
-            zt = self.ema.module(batch.views[0]).float()
+            teacher = self.ema.module.train(o.teacher_bn == "batch")
+            zt = teacher(batch.views[0]).float()
+            teacher.eval()
         if o.consistency == "kl" and o.teacher_temp > 0:
             with torch.autocast(zs.device.type, enabled=False):
                 target = F.softmax((zt - self.center) / o.teacher_temp, 1)
