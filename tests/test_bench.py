@@ -101,6 +101,13 @@ def test_statistics_helpers():
     assert welch_p([1.0], [2.0, 3.0]) != welch_p([1.0], [2.0, 3.0])  # nan
 
 
+def test_method_label_names_changed_options_but_not_the_teacher_source():
+    assert method_label({"name": "ips", "teacher_rule": "symmetric", "T": 4.0}) == "ips(teacher_rule=symmetric)"
+    assert method_label({"name": "mean_teacher", "teacher_bn": "batch"}) == "mean_teacher(teacher_bn=batch)"
+    assert method_label({"name": "kd", "teacher": "runs/t/last.pt", "teacher_model": "resnet20",
+                         "teacher_mode": "train"}) == "kd(teacher_mode=train)"
+
+
 def test_runs_of_one_method_with_other_settings_get_their_own_label(tmp_path):
     def run(name, seed, epochs, threads):
         d = tmp_path / name

@@ -63,12 +63,16 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+TEACHER_SOURCE = ("teacher", "teacher_model", "teacher_kwargs", "teacher_mean", "teacher_std")
+"""Method options that say which teacher network is loaded (the report lists teachers in their own table)."""
+
+
 def method_label(method: dict[str, Any], task: str = "classification") -> str:
     """``name`` plus the options that differ from the method's defaults (under ``task``), e.g. ``ips(p_swap=0.5)``
-    (teacher paths and the generation index are left out: the report lists teachers separately)."""
+    (the teacher's source and the generation index are left out: the report lists teachers separately)."""
     defaults = describe_method(method["name"], get_task(task).methods)["options"]
     diff = [f"{k}={v}" for k, v in method.items()
-            if k not in ("name", "preset", "generation") and not k.startswith("teacher") and defaults.get(k) != v]
+            if k not in ("name", "preset", "generation", *TEACHER_SOURCE) and defaults.get(k) != v]
     if method.get("preset"):
         diff.insert(0, f"preset={method['preset']}")
     return f"{method['name']}({', '.join(diff)})" if diff else method["name"]
