@@ -12,6 +12,7 @@ from selfdistill.bench.report import (
     README_START,
     Cell,
     Run,
+    eval_model_lines,
     load_runs,
     mean_std,
     per_class_lines,
@@ -192,3 +193,15 @@ def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
     assert lines[5:] == ["| `ce` | 15.0 | – |", "| `ips` | 30.0 | 1.2 |"]
     assert per_class_lines([Cell("ce", [run(0, {"ap_person": 50.0})])]) == []
     assert per_class_lines([Cell("ce", [run(0, {})])]) == []
+
+
+def test_other_models_table_is_the_seed_mean_per_model():
+    def run(seed: int, top1: float) -> Run:
+        res = {"top1": top1, "ece": 2.0, "nll": 0.5}
+        return Run(summary={"seed": seed, "eval_models_last": {"teacher": res}}, rows=[])
+
+    lines = eval_model_lines([Cell("ce", [Run(summary={"seed": 0}, rows=[])]),
+                              Cell("mean_teacher", [run(0, 50.0), run(1, 60.0)])])
+    assert lines[3] == "| method | model | n | test top-1 | ECE % | NLL |"
+    assert lines[5:] == ["| `mean_teacher` | teacher | 2 | 55.00 ± 7.07 | 2.00 ± 0.00 | 0.500 ± 0.000 |"]
+    assert eval_model_lines([Cell("ce", [Run(summary={"seed": 0}, rows=[])])]) == []

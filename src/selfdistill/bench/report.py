@@ -327,6 +327,23 @@ def teacher_lines(cells: list[Cell]) -> list[str]:
     return lines
 
 
+def eval_model_lines(cells: list[Cell]) -> list[str]:
+    """The other models a method evaluates beside the exported one (BYOT's exits and their ensemble, the mean
+    teacher's EMA model), test split, last epoch, mean ± std over seeds."""
+    rows = []
+    for cell in cells:
+        names = list(cell.runs[0].summary.get("eval_models_last") or {})
+        for name in names:
+            res = [r.summary.get("eval_models_last", {}).get(name, {}) for r in cell.runs]
+            vals = [fmt(*mean_std([float(x.get(k, float("nan"))) for x in res]), 3 if k == "nll" else 2)
+                    for k in ("top1", "ece", "nll")]
+            rows.append(f"| `{cell.label}` | {name} | {len(res)} | " + " | ".join(vals) + " |")
+    if not rows:
+        return []
+    return ["", "Other models of a run (the table above is the exported model), test split, last epoch:", "",
+            "| method | model | n | test top-1 | ECE % | NLL |", "|---|---|---|---|---|---|", *rows]
+
+
 def generation_lines(cells: list[Cell]) -> list[str]:
     """Per-generation and ensemble test top-1 (last epoch) of multi-generation runs, mean ± std over seeds."""
     lines: list[str] = []
@@ -375,7 +392,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
                      if any("[" in c.label for c in cells) else "."), ""]
         supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
         lines += group_table(supervised, baseline) if supervised else []
-        lines += teacher_lines(supervised) + generation_lines(supervised)
+        lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)
         lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)
         cells = supervised or cells
         _plot_curves(cells, f"{dataset} / {model}: test {LABELS[task_metrics(cells)[0]]}", out / f"curves_{slug}.png")
