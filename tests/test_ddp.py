@@ -119,6 +119,11 @@ dist.all_reduce(weighted)
 assert torch.isclose(weighted, torch.tensor(12.0 / 6)), weighted  # (3 + 9) / (1 + 5)
 assert torch.isclose(global_mean(total, count), total / count)  # no share: this rank's mean
 assert global_mean(torch.tensor(0.0), torch.tensor(0), share) == 0
+# DINO's and the mean teacher's centre: the batch mean over both ranks' rows, the same on every rank
+from selfdistill.methods.dino import update_center
+centre = torch.zeros(1, 2)
+update_center(centre, torch.tensor([[1.0, 2.0]]) if r == 0 else torch.tensor([[3.0, 0.0], [5.0, 4.0]]), 0.5, 2)
+assert torch.allclose(centre, torch.tensor([[1.5, 1.0]])), centre  # 0.5 · mean([1, 2], [3, 0], [5, 4])
 dist.destroy_process_group()
 """
 
@@ -133,7 +138,7 @@ def _run_script(code: str, tmp_path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-def test_global_mean_over_ranks_is_the_global_batch_mean(tmp_path):
+def test_global_mean_and_centres_over_ranks_are_those_of_the_global_batch(tmp_path):
     _run_script(GLOBAL_MEAN_CHECK, tmp_path)
 
 

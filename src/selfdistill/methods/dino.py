@@ -92,6 +92,18 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
         return 100.0 * float((probe(xt).argmax(1) == test_y).float().mean())
 
 
+@torch.no_grad()
+def update_center(center: Tensor, outputs: Tensor, momentum: float, world: int = 1) -> None:
+    """``c ← m·c + (1 − m)·mean_batch(outputs)`` in place, the batch mean taken over all ranks (every rank keeps
+    the same centre)."""
+    total = outputs.float().sum(0, keepdim=True)
+    count = torch.tensor(float(len(outputs)), device=outputs.device)
+    if world > 1:
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    center.mul_(momentum).add_(total / count, alpha=1 - momentum)
+
+
 @dataclass
 class DINOOptions:
     """DINO options (CIFAR-scale defaults, methods.md §8.4)."""
@@ -210,20 +222,11 @@ class DINO(Method):
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
             p_mean = p.mean(0)
             kl_uniform = (p_mean * (p_mean.clamp_min(1e-12) * o.out_dim).log()).sum()
-            self._update_center(t_out)
+            update_center(self.center, t_out, self.opt.center_momentum, self.ctx.world)
         self.monitor += torch.tensor([float(entropy), 1.0], dtype=torch.float64)
         stats = {"teacher_entropy": entropy, "kl_teacher_uniform": kl_uniform, "center_norm": self.center.norm(),
                  "teacher_temp": torch.tensor(tau_t), "momentum": torch.tensor(self.teacher.decay)}
         return StepOutput({"dino": loss}, None, batch.y, stats)
-
-    def _update_center(self, t_out: Tensor) -> None:
-        """``c ← m_c·c + (1 − m_c)·mean_batch(g_t)`` over all ranks, from the pre-centring teacher outputs."""
-        total = t_out.sum(0, keepdim=True)
-        count = torch.tensor(float(len(t_out)), device=t_out.device)
-        if self.ctx.world > 1:
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        self.center.mul_(self.opt.center_momentum).add_(total / count, alpha=1 - self.opt.center_momentum)
 
     def after_step(self, model: nn.Module) -> None:
         """EMA update of the teacher with the cosine momentum schedule."""

@@ -15,6 +15,7 @@ from ..engine.distributed import unwrap
 from ..engine.optim import ModelEMA, cosine_to_one
 from ..losses import cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
+from .dino import update_center
 
 
 @dataclass
@@ -88,8 +89,7 @@ class MeanTeacher(Method):
             with torch.autocast(zs.device.type, enabled=False):
                 target = F.softmax((zt - self.center) / o.teacher_temp, 1)
                 cons = o.T**2 * kl_div(target, F.log_softmax(zs.float() / o.T, 1))
-            with torch.no_grad():
-                self.center.mul_(o.center_momentum).add_(zt.mean(0, keepdim=True), alpha=1 - o.center_momentum)
+            update_center(self.center, zt, o.center_momentum, self.ctx.world)
         elif o.consistency == "kl":
             cons = kd_loss(zt, zs, o.T)
         else:
