@@ -198,7 +198,7 @@ def test_dense_ips_pixel_agree_matches_a_loop_over_pixels():
             t, s = (za, zb) if pa[c] >= pb[c] else (zb, za)
             pt = (t[0, :, i, j] / 2).softmax(0)
             terms.append(4 * float((pt * (pt.log() - (s[0, :, i, j] / 2).log_softmax(0))).sum()))
-    assert terms and float(out.losses["kd"]) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert terms and out.losses["kd"].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     # labels are conserved over the pair
     assert torch.equal(torch.sort(torch.cat([y, yb]).flatten()).values,
                        torch.sort(torch.cat([ya, yb_s]).flatten()).values)
