@@ -1,14 +1,16 @@
 """Distributed training on CPU (gloo, 2 processes through torchrun) against one process with the global batch.
 
-For CE, IPS and PS-KD, a 2-process run with B/2 rows per rank ends with the same weights (fp32 tolerance, same
-seed, synchronised BatchNorm) as a 1-process run with batch B; evaluation metrics are reduced over ranks and
+For CE, IPS, PS-KD and BYOT, a 2-process run with B/2 rows per rank ends with the same weights (fp32 tolerance,
+same seed, synchronised BatchNorm) as a 1-process run with batch B; evaluation metrics are reduced over ranks and
 equal the single-process ones.
 
 On one process ``sync_bn`` computes BatchNorm with the same two-pass statistics as on several (PyTorch's fp32 CPU
 BatchNorm backward can be ~1e-3 off the fp64 gradient on zero-padded crops, see
 ``test_sync_batchnorm_matches_the_fp64_global_batch``). The runs are one epoch at a small learning rate: these
 tiny networks amplify fp32 rounding differences over a few large steps (at lr 0.05, IPS ends 8e-5 apart after
-four steps; at lr 0.01, 1e-7), which is not what the test is about.
+four steps; at lr 0.01, 1e-7), which is not what the test is about. Some data put an activation within rounding
+of a ReLU's kink, where 1 and 2 processes can take different sides (a jump of ~1e-4 in one channel's gradient;
+seen with 117 images for BYOT): the sizes here avoid it.
 """
 
 import json
@@ -45,12 +47,15 @@ def _run(cfg: dict, path, nproc: int) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips"}, {"name": "pskd"}])
+@pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips"}, {"name": "pskd"}, {"name": "byot"}])
 def test_two_processes_match_one(tmp_path, method):
+    """BYOT's auxiliary heads live outside DDP: their gradients are averaged and, with sync_bn, their BatchNorm
+    is synchronised like the network's (without it the runs were ~2e-3 apart)."""
+
     def cfg(name):
-        # 117 images: the last batch of 21 splits 11 / 10 over the ranks (uneven shares are weighted)
+        # 85 images, drop_last off: the last batch of 21 splits 11 / 10 over the ranks (uneven shares are weighted)
         return synthetic_config(tmp_path, name=name, method=method, model={"name": "resnet8", "sync_bn": True},
-                                data={"synthetic_size": 117, "batch_size": 32},
+                                data={"synthetic_size": 85, "batch_size": 32, "drop_last": False},
                                 optim={"lr": 0.01}, sched={"name": "constant"},
                                 train={"epochs": 1, "threads": 1})
 

@@ -73,12 +73,19 @@ def global_mean(total: torch.Tensor, count: torch.Tensor, share: tuple[int, int]
     return total / count.clamp_min(1)
 
 
+def sync_batchnorm(module: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
+    """``module`` with synchronised BatchNorm when ``sync_bn`` is set: always under DDP, and on one CPU process
+    too, so that it computes BatchNorm as the synchronised version does."""
+    if sync_bn and (info.enabled or device.type != "cuda"):
+        return convert_sync_batchnorm(module, device)
+    return module
+
+
 def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
     """Wrap ``model`` in DDP when running distributed (optionally converting BatchNorm to SyncBatchNorm)."""
-    if not info.enabled:  # one process: a CPU run with sync_bn computes BatchNorm as the synchronised version does
-        return convert_sync_batchnorm(model, device) if sync_bn and device.type != "cuda" else model
-    if sync_bn:
-        model = convert_sync_batchnorm(model, device)
+    model = sync_batchnorm(model, info, device, sync_bn)
+    if not info.enabled:
+        return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 

@@ -29,7 +29,15 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .distributed import DistInfo, all_reduce_sum, init_distributed, is_main_process, unwrap, wrap_ddp
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    init_distributed,
+    is_main_process,
+    sync_batchnorm,
+    unwrap,
+    wrap_ddp,
+)
 from .logging import TensorBoardLog, progress_bar, write_csv
 from .optim import ModelEMA, build_optimizer, build_scheduler
 from .state import load_frozen_model
@@ -123,7 +131,9 @@ class Trainer:
                             cfg.data.dense.ignore_index)
         self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
-        self.extra = [m.to(self.device) for m in self.method.trainable_modules()]
+        # trained modules outside the network (auxiliary heads) get the network's BatchNorm synchronisation
+        self.extra = [sync_batchnorm(m.to(self.device), self.dist, self.device, cfg.model.sync_bn)
+                      for m in self.method.trainable_modules()]
         self.train_model = wrap_ddp(self.model, self.dist, self.device, cfg.model.sync_bn)
         self.model = unwrap(self.train_model)
         if cfg.model.compile:
