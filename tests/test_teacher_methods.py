@@ -161,12 +161,12 @@ def test_sld_gamma_schedule_and_multi_temperature_sum():
     batch = _batch([0, 1], [1, 0], views=2)
     m = _method("sld", teacher_table=ts, gamma=3)
     before, after = m.training_step(Fixed(ss), batch, 3).losses, m.training_step(Fixed(ss), batch, 4).losses
-    assert "kd_self" not in before and float(after["kd_self"]) > 0
+    assert "kd_self" not in before and after["kd_self"].item() > 0
     # both rows are wrong; the summed terms over T = 1..6 and two (here identical) views
     z, y = ss, torch.tensor([1, 0])
     expected = 0.9 * 2 * sum(float(kd_loss(swap_logits(z, y), z, T)) for T in range(1, 7))
-    assert float(after["kd_self"]) == pytest.approx(expected, rel=1e-5)
-    assert float(after["kd_teacher"]) == pytest.approx(
+    assert after["kd_self"].item() == pytest.approx(expected, rel=1e-5)
+    assert after["kd_teacher"].item() == pytest.approx(
         0.9 * 2 * sum(float(kd_loss(swap_logits(ts, y), z, T)) for T in range(1, 7)), rel=1e-5)
 
 
@@ -189,7 +189,7 @@ def test_sld_pseudo_teacher_gradient(detach):
 def test_sld_self_vanishes_on_correct_rows():
     ss = torch.tensor([[3.0, 0.0, 1.0]])
     out = _method("sld_self", gamma=0, two_views=False).training_step(Fixed(ss), _batch([0], [0]), 1)
-    assert float(out.losses["kd_self"]) == pytest.approx(0.0, abs=1e-5)
+    assert out.losses["kd_self"].item() == pytest.approx(0.0, abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- teachers
