@@ -1,8 +1,8 @@
 """Distributed training on CPU (gloo, 2 processes through torchrun) against one process with the global batch.
 
-For CE, IPS, PS-KD and BYOT, a 2-process run with B/2 rows per rank ends with the same weights (fp32 tolerance,
-same seed, synchronised BatchNorm) as a 1-process run with batch B; evaluation metrics are reduced over ranks and
-equal the single-process ones.
+For CE, IPS, PS-KD, BYOT, DINO and the mean teacher, a 2-process run with B/2 rows per rank ends with the same
+weights (fp32 tolerance, same seed, synchronised BatchNorm) as a 1-process run with batch B; evaluation metrics
+are reduced over ranks and equal the single-process ones.
 
 On one process ``sync_bn`` computes BatchNorm with the same two-pass statistics as on several (PyTorch's fp32 CPU
 BatchNorm backward can be ~1e-3 off the fp64 gradient on zero-padded crops, see
@@ -47,10 +47,13 @@ def _run(cfg: dict, path, nproc: int) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips"}, {"name": "pskd"}, {"name": "byot"}])
+@pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips"}, {"name": "pskd"}, {"name": "byot"},
+                                    {"name": "dino"}, {"name": "mean_teacher", "teacher_bn": "batch"}])
 def test_two_processes_match_one(tmp_path, method):
     """BYOT's auxiliary heads live outside DDP: their gradients are averaged and, with sync_bn, their BatchNorm
-    is synchronised like the network's (without it the runs were ~2e-3 apart)."""
+    is synchronised like the network's (without it the runs were ~2e-3 apart). DINO's and the batch-statistics
+    mean teacher's EMA teachers run in train mode and are synchronised too; DINO never reads the logits, so its
+    classifier is frozen (DDP stopped with "parameters that were not used in producing loss")."""
 
     def cfg(name):
         # 85 images, drop_last off: the last batch of 21 splits 11 / 10 over the ranks (uneven shares are weighted)

@@ -128,7 +128,7 @@ class Trainer:
         ctx = MethodContext(self.data.num_classes, len(self.data.train), cfg.train.epochs, self.steps_per_epoch,
                             self.device, self.dist.rank, self.dist.world, tuple(self.data.mean.tolist()),
                             tuple(self.data.std.tolist()), self.data.in_chans, self.data.image_size,
-                            cfg.data.dense.ignore_index)
+                            cfg.data.dense.ignore_index, cfg.model.sync_bn)
         self.method = method_cls(method_opts, ctx)
         self.method.setup(self.model)
         # trained modules outside the network (auxiliary heads) get the network's BatchNorm synchronisation

@@ -59,6 +59,15 @@ class MethodContext:
     """Training image side (for probing feature shapes)."""
     ignore_index: int = 255
     """Label of unlabelled pixels (segmentation)."""
+    sync_bn: bool = False
+    """``model.sync_bn``: a method's own modules that normalise by batch statistics (EMA teachers run in train
+    mode) should use :meth:`sync_batchnorm` too."""
+
+    def sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """``module`` with BatchNorm synchronised like the network's (a no-op unless ``sync_bn``)."""
+        from ..engine.distributed import DistInfo, sync_batchnorm
+
+        return sync_batchnorm(module, DistInfo(self.rank, self.world), self.device, self.sync_bn)
 
 
 class Method:

@@ -170,9 +170,11 @@ class DINO(Method):
         o = self.opt
         net = unwrap(model)
         fc = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        fc.requires_grad_(False)  # no loss reads the logits; DDP (wrapped after set-up) then expects no gradient
         self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
                              norm_last_layer=o.norm_last_layer).to(self.ctx.device)
         self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher)
+        self.teacher.module = self.ctx.sync_batchnorm(self.teacher.module)  # it runs in train mode
         t_fc = [m for m in self.teacher.module["backbone"].modules() if isinstance(m, nn.Linear)][-1]
         self.feats: dict[str, Tensor] = {}
         fc.register_forward_pre_hook(lambda _m, args: self.feats.__setitem__("student", args[0]))

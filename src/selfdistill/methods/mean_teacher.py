@@ -65,6 +65,8 @@ class MeanTeacher(Method):
     def setup(self, model: nn.Module) -> None:
         """The EMA teacher starts equal to the student; its BN buffers follow ``teacher_bn``."""
         self.ema = ModelEMA(unwrap(model), self.opt.ema_decay, buffers=BUFFERS[self.opt.teacher_bn])
+        if self.opt.teacher_bn == "batch":  # the teacher normalises by its batch: synchronised like the student
+            self.ema.module = self.ctx.sync_batchnorm(self.ema.module)
         self.step = 0
         self.center = torch.zeros(1, self.ctx.num_classes, device=self.ctx.device)
 
