@@ -140,7 +140,7 @@ class DetDataModule:
             raise DataError(f"data.val_fraction={cfg.val_fraction} and data.detection.val_split="
                             f"'{self.det.val_split}' both name a validation split: keep one")
         train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
-        self.train = train.subset(train_idx)
+        self.train = train if len(train_idx) == len(train) else train.subset(train_idx)  # no copy of it all
         self.val: DetSplit | None = train.subset(val_idx) if val_idx else None
         if self.det.val_split:
             self.val, _ = load(self.det.val_split)

@@ -145,7 +145,7 @@ class SegDataModule:
                             "both name a validation split: keep one (data.dense.val_split: null holds out "
                             "data.val_fraction of the training images)")
         train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
-        self.train = train.subset(train_idx)
+        self.train = train if len(train_idx) == len(train) else train.subset(train_idx)  # no copy of it all
         self.val = train.subset(val_idx) if val_idx else None
         if self.dense.val_split:
             self.val = load(self.dense.val_split)
