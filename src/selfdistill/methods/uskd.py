@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,10 +19,15 @@ from .base import Method, StepOutput, register_method
 from .zipf import zipf_targets
 
 
-def uskd_target_weights(s_y: Tensor) -> Tensor:
-    """``p_i = s_{i,y}² + 1 − mean_batch(s_y²)`` (detached; its batch mean is exactly 1)."""
+def uskd_target_weights(s_y: Tensor, world: int = 1) -> Tensor:
+    """``p_i = s_{i,y}² + 1 − mean_batch(s_y²)`` (detached; its batch mean is exactly 1). ``world > 1``: the mean
+    over the global batch of all ranks (the official code takes each GPU's own)."""
     sq = s_y.detach() ** 2
-    return sq + 1 - sq.mean()
+    if world == 1:
+        return sq + 1 - sq.mean()
+    stats = torch.stack([sq.sum(), sq.new_tensor(float(sq.numel()))])
+    dist.all_reduce(stats)
+    return sq + 1 - stats[0] / stats[1]
 
 
 def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
@@ -83,7 +89,9 @@ class UniversalSelfKD(Method):
         with torch.autocast(z.device.type, enabled=False):
             log_s = F.log_softmax(z.float(), 1)
             log_s_y = log_s.gather(1, y[:, None])[:, 0]
-            target = -(uskd_target_weights(log_s_y.exp()) * log_s_y).mean()
+            # with sync_bn, batch statistics cover the global batch: this batch mean too
+            p = uskd_target_weights(log_s_y.exp(), self.ctx.world if self.ctx.sync_bn else 1)
+            target = -(p * log_s_y).mean()
             gt = F.one_hot(y, k).bool()
             log_nt = F.log_softmax(z.float().masked_fill(gt, -math.inf), 1).masked_fill(gt, 0.0)
             nontarget = -(uskd_nontarget_targets(z, w, y) * log_nt).sum(1).mean()
