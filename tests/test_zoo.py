@@ -49,7 +49,7 @@ def test_pskd_targets_memory_and_schedule():
     p = table.softmax(1)
     target = 0.6 * F.one_hot(torch.tensor([0, 2]), 3).float() + 0.4 * p
     expected = -(target * F.log_softmax(table, 1)).sum(1).mean()
-    assert float(out2.losses["pskd"]) == pytest.approx(float(expected), abs=1e-6)
+    assert out2.losses["pskd"].item() == pytest.approx(float(expected), abs=1e-6)
     assert m.alpha(4) == pytest.approx(0.8) and float(target.sum(1).sub(1).abs().max()) < 1e-6
     assert torch.all(m.memory.table[2:] == 0)  # rows not seen are not written
 
@@ -74,8 +74,8 @@ def test_tfkd_reg_official_loss_by_hand():
     out = m.training_step(Fixed(z), _batch([0], [0]), 1)
     q = F.softmax(torch.tensor([[0.99, 0.005, 0.005]]) / 20, 1)
     kl = (q * (q.log() - F.log_softmax(z, 1))).sum() / 3  # elementwise_mean over B·K = 3
-    assert float(out.losses["reg"]) == pytest.approx(0.1 * 100 * float(kl), rel=1e-5)
-    assert float(out.losses["ce"]) == pytest.approx(0.9 * float(F.cross_entropy(z, torch.tensor([0]))), rel=1e-6)
+    assert out.losses["reg"].item() == pytest.approx(0.1 * 100 * float(kl), rel=1e-5)
+    assert out.losses["ce"].item() == pytest.approx(0.9 * float(F.cross_entropy(z, torch.tensor([0]))), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ DLB
@@ -92,10 +92,10 @@ def test_dlb_first_step_is_ce_then_previous_logits_are_the_target():
         student.table[0, 2] += 1.0
     out2 = m.training_step(student, _batch([2, 3], [0, 2], views=2), 1)
     z_prev = student.table[:2]
-    assert float(out2.losses["kd"]) == pytest.approx(float(kd_loss(saved, z_prev, 3.0)), abs=1e-6)
+    assert out2.losses["kd"].item() == pytest.approx(kd_loss(saved, z_prev, 3.0).item(), abs=1e-6)
     # CE covers 2B rows: the previous batch and the current one
     ce = F.cross_entropy(student.table.detach(), torch.tensor([0, 1, 0, 2]))
-    assert float(out2.losses["ce"]) == pytest.approx(float(ce), abs=1e-6)
+    assert out2.losses["ce"].item() == pytest.approx(float(ce), abs=1e-6)
     out2.losses["kd"].backward()
     assert student.table.grad[2:].abs().sum() == 0  # the KD target (cached) receives no gradient
 
@@ -140,12 +140,12 @@ def test_consistency_identical_views_give_zero_and_the_target_gets_no_gradient()
     table = torch.tensor([[1.0, 0.0, 2.0]])
     student = Fixed(table.clone())
     out = m.training_step(student, _batch([0], [2], views=2), 1)
-    assert float(out.losses["consistency"]) == pytest.approx(0.0, abs=1e-6)
+    assert out.losses["consistency"].item() == pytest.approx(0.0, abs=1e-6)
     z1 = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)
     z2 = torch.tensor([[0.0, 2.0, 0.0]], requires_grad=True)
     a = kd_loss(z2.detach(), z1, 4.0) + kd_loss(z1.detach(), z2, 4.0)
     b = kd_loss(z1.detach(), z2, 4.0) + kd_loss(z2.detach(), z1, 4.0)
-    assert float(a) == pytest.approx(float(b))  # symmetric in view order
+    assert a.item() == pytest.approx(b.item())  # symmetric in view order
 
 
 def test_jsd_bounds():
