@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU half of the throughput benchmark, one stage per call (each fits a 10-minute slot on one H100):
+# The GPU half of the throughput benchmark, one stage per call (each meant to fit a 10-minute slot on one H100;
+# not yet timed on one):
 #
 #   benchmarks/throughput/gpu.sh throughput   OUT_DIR DATA     # throughput.py: eager, then compiled IPS
 #   benchmarks/throughput/gpu.sh tta-eager    OUT_DIR DATA     # CIFAR-10 ResNet-18 time-to-accuracy, eager
