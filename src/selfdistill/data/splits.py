@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 import torch
 from torch import Tensor
 
+from ..config import DataConfig
 from .errors import DataError
 
 
@@ -77,3 +80,23 @@ def random_splits(n: int, train_subset: int, val_fraction: float, seed: int) -> 
         n_val = max(1, round(val_fraction * keep.numel()))
         val, keep = keep[order[:n_val].sort().values], keep[order[n_val:].sort().values]
     return keep.tolist(), val.tolist()
+
+
+class _Subsettable(Protocol):
+    def __len__(self) -> int: ...
+    def subset(self, keep: list[int]) -> _Subsettable: ...
+
+
+S = TypeVar("S", bound=_Subsettable)
+
+
+def hold_out(train: S, cfg: DataConfig, val_split: str | None, key: str) -> tuple[S, S | None]:
+    """A dense task's training split after ``data.train_subset``, and the ``data.val_fraction`` held out of it
+    (:func:`random_splits`; ``None`` when nothing is). ``val_split`` (the task's named validation split, config key
+    ``key``) and a fraction exclude each other. The loaded split is kept, not copied, when nothing is taken out."""
+    if val_split and cfg.val_fraction > 0:
+        raise DataError(f"data.val_fraction={cfg.val_fraction} and {key}='{val_split}' both name a validation "
+                        f"split: keep one ({key}: null holds out data.val_fraction of the training images)")
+    train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
+    kept = train if len(train_idx) == len(train) else train.subset(train_idx)
+    return kept, (train.subset(val_idx) if val_idx else None)

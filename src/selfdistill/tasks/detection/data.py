@@ -17,7 +17,7 @@ from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements
 from ...data.samplers import rank_slice
 from ...data.sources import DataError, channel_stats, valid_mask
-from ...data.splits import random_splits
+from ...data.splits import hold_out
 from ..segmentation.data import DenseTrainLoader
 from .ops import pennfudan_split
 
@@ -136,12 +136,7 @@ class DetDataModule:
             return load_canvases(items, self.det.size, self.det.min_box).to(self.device), classes
 
         train, self.classes = load(self.det.train_split)
-        if self.det.val_split and cfg.val_fraction > 0:
-            raise DataError(f"data.val_fraction={cfg.val_fraction} and data.detection.val_split="
-                            f"'{self.det.val_split}' both name a validation split: keep one")
-        train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
-        self.train = train if len(train_idx) == len(train) else train.subset(train_idx)  # no copy of it all
-        self.val: DetSplit | None = train.subset(val_idx) if val_idx else None
+        self.train, self.val = hold_out(train, cfg, self.det.val_split, "data.detection.val_split")
         if self.det.val_split:
             self.val, _ = load(self.det.val_split)
         self.test, test_classes = load(self.det.test_split)

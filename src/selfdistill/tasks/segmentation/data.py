@@ -17,7 +17,7 @@ from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
 from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, rank_slice
 from ...data.sources import DataError, channel_stats
-from ...data.splits import random_splits
+from ...data.splits import hold_out
 from ...registry import Registry
 from .ops import class_presence, draw_partners, load_segmentation_folder
 
@@ -139,14 +139,8 @@ class SegDataModule:
                                                              self.ignore_index)
             return SegSplit(images.to(self.device), labels.to(self.device), names)
 
-        train = load(self.dense.train_split)
-        if self.dense.val_split and cfg.val_fraction > 0:
-            raise DataError(f"data.val_fraction={cfg.val_fraction} and data.dense.val_split='{self.dense.val_split}' "
-                            "both name a validation split: keep one (data.dense.val_split: null holds out "
-                            "data.val_fraction of the training images)")
-        train_idx, val_idx = random_splits(len(train), cfg.train_subset, cfg.val_fraction, cfg.split_seed)
-        self.train = train if len(train_idx) == len(train) else train.subset(train_idx)  # no copy of it all
-        self.val = train.subset(val_idx) if val_idx else None
+        self.train, self.val = hold_out(load(self.dense.train_split), cfg, self.dense.val_split,
+                                        "data.dense.val_split")
         if self.dense.val_split:
             self.val = load(self.dense.val_split)
         self.test = load(self.dense.test_split)
