@@ -57,6 +57,17 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def batch_mean(x: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """Mean of ``x`` over its first dimension, taken over the rows of every rank when ``world > 1`` (a batch
+    statistic of the global batch); no gradient."""
+    total = x.detach().float().sum(0)
+    count = torch.tensor(float(x.shape[0]), device=x.device)
+    if world > 1:
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    return total / count
+
+
 def global_mean(total: torch.Tensor, count: torch.Tensor, share: tuple[int, int] | None = None) -> torch.Tensor:
     """``total / count`` for a mean over a data-dependent number of elements (labelled pixels, matched regions).
 

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.loader import Batch, DataRequirements
 from ..data.multicrop import MultiCrop
-from ..engine.distributed import unwrap
+from ..engine.distributed import batch_mean, unwrap
 from ..engine.optim import ModelEMA, cosine_to_one
 from .base import Method, StepOutput, register_method
 
@@ -96,12 +95,7 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
 def update_center(center: Tensor, outputs: Tensor, momentum: float, world: int = 1) -> None:
     """``c ← m·c + (1 − m)·mean_batch(outputs)`` in place, the batch mean taken over all ranks (every rank keeps
     the same centre)."""
-    total = outputs.float().sum(0, keepdim=True)
-    count = torch.tensor(float(len(outputs)), device=outputs.device)
-    if world > 1:
-        dist.all_reduce(total)
-        dist.all_reduce(count)
-    center.mul_(momentum).add_(total / count, alpha=1 - momentum)
+    center.mul_(momentum).add_(batch_mean(outputs, world), alpha=1 - momentum)
 
 
 @dataclass

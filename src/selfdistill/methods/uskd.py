@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.loader import Batch
-from ..engine.distributed import unwrap
+from ..engine.distributed import batch_mean, unwrap
 from ..losses import cross_entropy, soft_cross_entropy
 from ..models.features import FeatureTaps, find_stages, tap_stages
 from .base import Method, StepOutput, register_method
@@ -23,11 +22,7 @@ def uskd_target_weights(s_y: Tensor, world: int = 1) -> Tensor:
     """``p_i = s_{i,y}² + 1 − mean_batch(s_y²)`` (detached; its batch mean is exactly 1). ``world > 1``: the mean
     over the global batch of all ranks (the official code takes each GPU's own)."""
     sq = s_y.detach() ** 2
-    if world == 1:
-        return sq + 1 - sq.mean()
-    stats = torch.stack([sq.sum(), sq.new_tensor(float(sq.numel()))])
-    dist.all_reduce(stats)
-    return sq + 1 - stats[0] / stats[1]
+    return sq + 1 - batch_mean(sq, world)
 
 
 def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
