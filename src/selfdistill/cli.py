@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one clear line and exit with status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        close_distributed()
+        return code
     except (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError) as exc:
         print(f"selfdistill: error: {exc}", file=sys.stderr)
         return 2
@@ -201,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (`selfdistill list | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        close_distributed()
 
 
 if __name__ == "__main__":

@@ -39,14 +39,25 @@ def init_distributed(device_type: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        # torch._dynamo imported after the group exists (torchvision, timm and torch.compile import it) keeps a
+        # reference to the group that destroy_process_group cannot drop: its gloo threads then outlive
+        # close_distributed and can abort the interpreter's exit; imported first, it holds none.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def close_distributed() -> None:
-    """Leave the ``torchrun`` process group, if one was joined (a gloo group left to the interpreter's exit can
-    abort the process after its work is done)."""
+    """Leave the ``torchrun`` process group once every rank has finished, if one was joined. Call it on success
+    only: after an error on one rank the others may never reach the barrier (torchrun stops them instead).
+
+    A gloo group still alive when the interpreter exits can abort the process after its work is done
+    ("terminate called without an active exception"): a gloo worker thread that releases a finished
+    collective's tensors needs the GIL, and a thread asking for the GIL during finalisation is unwound through a
+    destructor that may not throw. Destroying the group joins those threads first."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
