@@ -142,7 +142,8 @@ def profile_step(engine: Engine, top: int = 12) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
-    p.add_argument("--method-models", nargs="+", default=["resnet20"], help="models on which every method is timed")
+    p.add_argument("--method-models", nargs="+", default=["resnet20", "resnet56"],
+                   help="models on which every method is timed")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
