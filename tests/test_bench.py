@@ -205,3 +205,28 @@ def test_other_models_table_is_the_seed_mean_per_model():
     assert lines[3] == "| method | model | n | test top-1 | ECE % | NLL |"
     assert lines[5:] == ["| `mean_teacher` | teacher | 2 | 55.00 ± 7.07 | 2.00 ± 0.00 | 0.500 ± 0.000 |"]
     assert eval_model_lines([Cell("ce", [Run(summary={"seed": 0}, rows=[])])]) == []
+
+
+def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
+    def run_dir(path, times, rates, seed=0):
+        path.mkdir(parents=True)
+        cfg = {"method": {"name": "ce"}, "data": {"name": "x"}, "model": {"name": "m"}, "seed": seed}
+        (path / "summary.json").write_text(json.dumps({"config": cfg, "seed": seed, "seconds_per_epoch": 99.0}))
+        with (path / "metrics.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["epoch", "train_time_s", "images_per_s"])
+            w.writerows([e + 1, t, r] for e, (t, r) in enumerate(zip(times, rates, strict=True)))
+
+    # one epoch slowed 60-fold (the machine paused): the median ignores it, the mean would not
+    run_dir(tmp_path / "plain", [10.0, 600.0, 12.0], [100.0, 2.0, 90.0])
+    # a run of two stages (born-again generations): epoch times add, rates combine as 1 / Σ 1/rate
+    run_dir(tmp_path / "staged", [1.0], [1.0], seed=1)
+    run_dir(tmp_path / "staged" / "gen0", [4.0, 5.0, 6.0], [40.0, 50.0, 60.0], seed=1)
+    run_dir(tmp_path / "staged" / "gen1", [2.0, 3.0, 100.0], [200.0, 150.0, 1.0], seed=2)
+    plain, staged = sorted(load_runs(tmp_path), key=lambda r: r.seed)
+    assert plain.value("seconds_per_epoch") == 12.0 and plain.value("images_per_s") == 90.0
+    assert staged.value("seconds_per_epoch") == 5.0 + 3.0
+    assert staged.value("images_per_s") == pytest.approx(1 / (1 / 50.0 + 1 / 150.0))
+    # without timed rows the summary's value stands
+    (tmp_path / "plain" / "metrics.csv").write_text("epoch\n1\n")
+    assert min(load_runs(tmp_path), key=lambda r: r.seed).value("seconds_per_epoch") == 99.0

@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass
 
 import pytest
@@ -36,6 +37,7 @@ def test_synthetic_run_writes_everything(tmp_path):
     assert s["best_val"]["epoch"] == int(best["epoch"])  # chosen on validation, reported on test
     assert s["best_val"]["test_top1"] == pytest.approx(float(best["test_top1"]))
     assert s["num_train"] + s["num_val"] == 512
+    assert s["seconds_per_epoch"] == pytest.approx(statistics.median(float(r["train_time_s"]) for r in rows))
     assert json.loads((run / "summary.json").read_text())["env"]["torch"] == torch.__version__
     # the saved model evaluates to the logged last-epoch metrics
     ev = evaluate(run / "last.pt")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -428,8 +429,9 @@ class Trainer:
             "eval_models_last": {name: {m: last[f"{name}_test_{m}"] for m in metrics}
                                  for name in self.method.eval_models() if f"{name}_test_{main}" in last},
             "last_test_reliability": self.reliability,
-            "seconds_per_epoch": sum(times) / len(times) if times else math.nan,
-            "images_per_s": sum(r["images_per_s"] for r in self.history) / len(self.history) if self.history
+            # medians: an epoch slowed by a pause of the machine or by other work on it does not count
+            "seconds_per_epoch": statistics.median(times) if times else math.nan,
+            "images_per_s": statistics.median(r["images_per_s"] for r in self.history) if self.history
             else math.nan,
             "passes_per_step": self.cost,
             "teachers": self.teacher_metrics,
