@@ -31,6 +31,8 @@ def test_two_generations_interrupted_and_resumed(tmp_path):
     top = tmp_path / "runs" / "ban"
     done = {k: (top / f"gen{k}" / "summary.json").stat().st_mtime for k in (0, 1)}
     assert not (top / "gen2" / "summary.json").exists()
+    # the unfinished run is no run of the report's, and its finished generations are not runs either
+    assert load_runs(tmp_path / "runs") == []
     messages = []
     summary = train(_cfg(tmp_path), resume=True, log=messages.append)
     assert any("resuming" in m and "gen2" in m and "epoch 2" in m for m in messages)

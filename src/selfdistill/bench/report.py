@@ -83,13 +83,19 @@ def epoch_timing(stages: list[list[dict[str, float]]]) -> dict[str, float]:
 
 
 def load_runs(root: str | Path) -> list[Run]:
-    """Every run under ``root`` that has a ``summary.json`` (a run's stages, e.g. born-again generations inside
-    it, are part of that run, not runs of their own)."""
+    """Every run under ``root`` that has a ``summary.json``. A run's stages (born-again generations inside it) are
+    part of that run, not runs of their own, also while the run is unfinished: a directory holding a run's
+    ``config.yaml`` or ``summary.json`` is a run."""
     runs = []
-    paths = sorted(Path(root).rglob("summary.json"))
+    root = Path(root)
+    paths = sorted(root.rglob("summary.json"))
     run_dirs = {p.parent for p in paths}
+
+    def is_run_dir(d: Path) -> bool:
+        return d in run_dirs or (d / "config.yaml").is_file()
+
     for path in paths:
-        if any(parent in run_dirs for parent in path.parent.parents):
+        if any(is_run_dir(d) for d in path.parent.parents if d == root or root in d.parents):
             continue
         summary = json.loads(path.read_text())
         stages = [d for d in sorted(run_dirs) if d.parent == path.parent]

@@ -465,6 +465,9 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
     if top.is_dir() and any(top.iterdir()) and not resume:
         raise RunExistsError(f"{top} already holds a run. Pass --resume to continue it, or choose another run "
                              "name or --out.")
+    if is_main_process():  # the run directory is marked as one from the start: its stages are not runs of their own
+        top.mkdir(parents=True, exist_ok=True)
+        save_yaml(to_dict(cfg), top / "config.yaml")
     summaries = []
     for k, stage in enumerate(stages):
         done = Path(stage.out) / stage.run_name() / "summary.json"
@@ -476,7 +479,6 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
         summaries.append(Trainer(stage, resume=True, log=log).fit())
     summary = method_cls.finish_stages(opts, cfg, summaries)
     if is_main_process():
-        save_yaml(to_dict(cfg), top / "config.yaml")
         (top / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
