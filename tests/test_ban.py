@@ -53,6 +53,7 @@ def test_two_generations_interrupted_and_resumed(tmp_path):
     # the report sees one run, not its generations
     runs = load_runs(tmp_path / "runs")
     assert len(runs) == 1 and runs[0].label == "ban(generations=2)"
+    assert runs[0].checkpoint == top / "gen2" / "last.pt"
     text = write_report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "Generations of `ban(generations=2)`" in text and "| 2 |" in text and "1, 2 |" in text
 

@@ -36,6 +36,13 @@ class Run:
     def seed(self) -> int:
         return int(self.summary["seed"])
 
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint of the model the run exports: its ``last.pt``, or its last stage's (a born-again
+        generation) for a staged run."""
+        stages = self.summary.get("generations")
+        return Path(stages[-1]["run"] if stages else self.summary["run"]) / "last.pt"
+
     def value(self, key: str) -> float:
         """A scalar by path: ``last.test_top1``, ``best_val.test_top1``, ``seconds_per_epoch``, ..."""
         if key in self.timing:
