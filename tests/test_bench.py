@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,6 +33,15 @@ GRID = {
     "grid": {"method": [{"name": "ce"}, {"name": "ips", "p_swap": 0.5}], "seed": [0, 1]},
 }
 
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("benchmarks/*/grid.yaml")),
+                         ids=lambda p: p.parent.name)
+def test_committed_benchmark_grids_are_valid(path, tmp_path):
+    """Every benchmark grid in the repository expands into validated run configs (a typo fails here, not in a
+    multi-hour grid)."""
+    grid = load_grid(path, out=tmp_path)
+    assert grid.runs and all(r.status == "pending" for r in grid.runs)
+    assert len({r.name for r in grid.runs}) == len(grid.runs)
 
 def test_grid_expansion_names_and_validation(tmp_path):
     path = tmp_path / "grid.yaml"
