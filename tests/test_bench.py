@@ -2,11 +2,13 @@
 
 import csv
 import json
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 import yaml
 
+from conftest import REPO
 from selfdistill.bench import load_grid, run_grid, write_report
 from selfdistill.bench.report import (
     README_END,
@@ -34,7 +36,7 @@ GRID = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("benchmarks/*/grid.yaml")),
+@pytest.mark.parametrize("path", sorted(REPO.glob("benchmarks/*/grid.yaml")),
                          ids=lambda p: p.parent.name)
 def test_committed_benchmark_grids_are_valid(path, tmp_path):
     """Every benchmark grid in the repository expands into validated run configs (a typo fails here, not in a
@@ -95,6 +97,15 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     # the table's CE mean is the mean of the per-run values in the CSV
     ce = [float(r["test_top1_last"]) for r in rows if r["method"] == "ce"]
     assert f"{sum(ce) / 2:.2f} ± " in text
+    # the IPS loss-terms script: one table per IPS run (CE runs log no KD term), values from metrics.csv
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "cifar10_cpu_resnet20" / "loss_terms.py"),
+                    str(tmp_path / "runs"), str(tmp_path / "terms")], check=True, capture_output=True)
+    terms = (tmp_path / "terms" / "loss_terms.md").read_text()
+    assert terms.count("## `ips(p_swap=0.5)`") == 2 and "`ce`" not in terms
+    with (tmp_path / "runs" / "ips-p_swap=0.5_resnet8_s0" / "metrics.csv").open() as fh:
+        first = next(csv.DictReader(fh))
+    assert (f"| 1 | {float(first['train_loss_ce']):.3f} | {float(first['train_loss_kd']):.3f} | "
+            f"{float(first['train_kd_raw']):.3f} | {float(first['val_top1']):.3f} |") in terms
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
