@@ -24,7 +24,7 @@ from selfdistill.bench.report import (
 )
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
-from selfdistill.config import ConfigError
+from selfdistill.config import ConfigError, resolve_config
 
 GRID = {
     "config": {"data": {"name": "synthetic", "synthetic_size": 192, "batch_size": 32, "image_size": 16,
@@ -89,7 +89,9 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     report = write_report(tmp_path / "runs")
     text = report.read_text()
     assert "| `ce` | 2 |" in text and "| `ips(p_swap=0.5)` | 2 |" in text and "(n=2)" in text
-    for name in ("curves_synthetic_resnet8.png", "reliability_synthetic_resnet8.png", "runs.csv"):
+    assert "![training diagnostics](diagnostics_synthetic_resnet8.png)" in text
+    for name in ("curves_synthetic_resnet8.png", "reliability_synthetic_resnet8.png",
+                 "diagnostics_synthetic_resnet8.png", "runs.csv"):
         assert (report.parent / name).stat().st_size > 0
     with (report.parent / "runs.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -126,6 +128,9 @@ def test_statistics_helpers():
 def test_method_label_names_changed_options_but_not_the_teacher_source():
     assert method_label({"name": "ips", "teacher_rule": "symmetric", "T": 4.0}) == "ips(teacher_rule=symmetric)"
     assert method_label({"name": "mean_teacher", "teacher_bn": "batch"}) == "mean_teacher(teacher_bn=batch)"
+    # a preset's own values are not differences: only what the run changes on top of it
+    spec = resolve_config({"method": {"name": "ips", "preset": "spec", "T": 1.0}}).method
+    assert method_label(spec) == "ips(preset=spec, T=1.0)"
     assert method_label({"name": "kd", "teacher": "runs/t/last.pt", "teacher_model": "resnet20",
                          "teacher_mode": "train"}) == "kd(teacher_mode=train)"
 
@@ -251,3 +256,18 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
     # without timed rows the summary's value stands
     (tmp_path / "plain" / "metrics.csv").write_text("epoch\n1\n")
     assert min(load_runs(tmp_path), key=lambda r: r.seed).value("seconds_per_epoch") == 99.0
+
+
+def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
+    from selfdistill.bench.report import _column, _plot_diagnostics
+
+    rows = [{"epoch": 1.0, "train_loss_ce": 2.0, "train_loss_kd": 1.0, "train_logit_norm": 3.0},
+            {"epoch": 2.0, "train_loss_ce": 1.0, "train_loss_kd": 4.0, "train_logit_norm": 5.0},
+            {"epoch": 3.0, "train_loss_ce": 0.0, "train_loss_kd": 4.0}]  # a zero CE term has no ratio
+    run = Run(summary={"seed": 0}, rows=rows)
+    assert _column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
+    assert _column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
+    assert _plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
+    bare = Run(summary={"seed": 0}, rows=[{"epoch": 1.0, "test_top1": 5.0}])
+    assert not _plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

@@ -168,6 +168,94 @@ def test_teacher_rows_get_no_kd_gradient():  # invariant 8
     assert torch.count_nonzero(za.grad[a_teaches]) > 0  # the ablation lets gradient through the teacher
 
 
+def test_logit_standardisation_golden_and_scale_invariance():
+    za = torch.tensor([[0.0, math.log(3.0)]])  # z-scores (std with n − 1): [−1/√2, 1/√2]
+    zb = torch.tensor([[1.0, 3.0]])  # z-scores: [−1/√2, 1/√2] as well → KD 0
+    y = torch.tensor([1])
+    opt = IPSOptions(T=1.0, logit_standardize=True)
+    assert ips_kd(za, zb, y, opt)[0].item() == pytest.approx(0.0, abs=1e-6)
+    zc = torch.tensor([[2.0, 0.0]])  # z-scores [1/√2, −1/√2]
+    h = 1 / math.sqrt(2)
+    p = [1 / (1 + math.exp(2 * h)), 1 / (1 + math.exp(-2 * h))]  # teacher a: softmax([−h, h])
+    expected = p[0] * math.log(p[0] / p[1]) + p[1] * math.log(p[1] / p[0])
+    assert ips_kd(za, zc, y, opt)[0].item() == pytest.approx(expected, rel=1e-5)
+    g = _gen(5)
+    a, b = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    for rule in ("confidence", "symmetric"):
+        o = IPSOptions(logit_standardize=True, teacher_rule=rule, conf_measure="margin")
+        # a positive scale and a shift of either view's logits change nothing (margins keep their order)
+        assert ips_kd(3 * a + 1, 3 * b - 2, labels, o)[0].item() == pytest.approx(ips_kd(a, b, labels, o)[0].item(),
+                                                                                rel=1e-4)
+
+
+def test_teacher_temperature_golden():
+    za = torch.tensor([[0.0, math.log(3.0)]])  # a teaches (y = 1)
+    zb = torch.zeros(1, 2)
+    y = torch.tensor([1])
+    kd, _ = ips_kd(za, zb, y, IPSOptions(T=1.0, T_teacher=2.0))
+    p1 = 1 / (1 + math.sqrt(3))  # softmax([0, ln 3 / 2])
+    expected = p1 * math.log(p1 / 0.5) + (1 - p1) * math.log((1 - p1) / 0.5)  # student q = ½, ½ at T = 1
+    assert kd.item() == pytest.approx(expected, rel=1e-5)
+    # T_teacher = T is the ordinary term
+    assert ips_kd(za, zb, y, IPSOptions(T_teacher=4.0))[0].item() == pytest.approx(
+        ips_kd(za, zb, y, IPSOptions())[0].item(), rel=1e-6)
+
+
+def test_kd_gate_drops_pairs_whose_teacher_is_wrong():
+    za = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    zb = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    y = torch.tensor([1, 1])  # pair 0: p_b(1) > p_a(1) → b teaches, argmax 1 = y; pair 1: a teaches, right
+    gated = IPSOptions(T=1.0, kd_gate="teacher_correct")
+    both, stats = ips_kd(za, zb, y, gated)
+    assert both.item() == pytest.approx(ips_kd(za, zb, y, IPSOptions(T=1.0))[0].item(), rel=1e-6)
+    assert stats["teacher_wrong"].item() == 0.0
+    y2 = torch.tensor([2, 1])  # pair 0: b teaches, its argmax 1 ≠ 2 → dropped; the mean still divides by 2
+    kd2, stats2 = ips_kd(za, zb, y2, gated)
+    one = ips_kd(za[1:], zb[1:], y2[1:], IPSOptions(T=1.0))[0]
+    assert kd2.item() == pytest.approx(one.item() / 2, rel=1e-6) and stats2["teacher_wrong"].item() == 0.5
+
+
+def test_originals_teach_their_swapped_views_golden():
+    oa = torch.tensor([[0.0, math.log(3.0)]])  # σ = [¼, ¾]
+    ob = torch.zeros(1, 2)  # σ = [½, ½]
+    za, zb = torch.zeros(1, 2, requires_grad=True), torch.tensor([[math.log(3.0), 0.0]], requires_grad=True)
+    y = torch.tensor([1])
+    r = 0.25  # a quarter of each view comes from the partner
+    opt = IPSOptions(T=1.0, teacher_rule="originals")
+    kd, stats = ips_kd(za, zb, y, opt, originals=(oa, ob), area=torch.tensor([r]))
+    ta = [0.75 * 0.25 + 0.25 * 0.5, 0.75 * 0.75 + 0.25 * 0.5]  # target of view a
+    tb = [0.75 * 0.5 + 0.25 * 0.25, 0.75 * 0.5 + 0.25 * 0.75]
+    qa, qb = [0.5, 0.5], [0.75, 0.25]
+
+    def kl(p, q):
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+
+    assert kd.item() == pytest.approx((kl(ta, qa) + kl(tb, qb)) / 2, rel=1e-5)
+    assert stats["teacher_wrong"].item() == 0.0  # both targets rank the label first
+    assert stats["logit_norm_t"].item() == pytest.approx(math.log(3.0) / 2, rel=1e-6)  # mean of ‖oa‖, ‖ob‖
+    kd.backward()
+    assert za.grad.abs().sum() > 0 and zb.grad.abs().sum() > 0
+    # an unswapped view taught by its own clean logits has nothing to learn
+    same = ips_kd(oa, ob, y, opt, originals=(oa, ob), area=torch.zeros(1))[0]
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="originals"):
+        ips_kd(za, zb, y, opt)
+
+
+def test_view_diagnostics_golden():
+    za = torch.tensor([[3.0, 4.0]])  # norm 5, a teaches (y = 1)
+    zb = torch.tensor([[0.0, 0.0]])
+    _, stats = ips_kd(za, zb, torch.tensor([1]), IPSOptions(T=1.0))
+    p = 1 / (1 + math.e)
+    assert stats["logit_norm_t"].item() == pytest.approx(5.0) and stats["logit_norm_s"].item() == 0.0
+    assert stats["entropy_t"].item() == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)), rel=1e-5)
+    assert stats["entropy_s"].item() == pytest.approx(math.log(2.0), rel=1e-6)
+    assert stats["teacher_wrong"].item() == 0.0
+    _, wrong = ips_kd(za, zb, torch.tensor([0]), IPSOptions(T=1.0))  # y = 0: b teaches ([½, ½] → argmax 0)
+    assert wrong["teacher_wrong"].item() == 0.0 and wrong["logit_norm_t"].item() == 0.0
+
+
 # ------------------------------------------------------------------------------------------ the method
 def _method(**opts):
     spec = resolve_config({"method": {"name": "ips", **opts}}).method
@@ -246,6 +334,8 @@ def test_options_cost_and_requirements():
 
     assert IPS.cost(IPSOptions()) == 2.0 and IPS.cost(IPSOptions(partner_source="inbatch")) == 1.0
     assert IPS.cost(IPSOptions(ce_inputs="swapped+original")) == 4.0
+    assert IPS.cost(IPSOptions(teacher_rule="originals")) == 2.0  # the clean forward has no backward
+    assert IPS.cost(IPSOptions(teacher_rule="originals", teacher_forward="joint")) == 4.0
     assert IPS.data_requirements(IPSOptions(batch_counts="images")).batch_scale == 0.5
     assert IPS.data_requirements(IPSOptions(partner_source="inbatch")).sampler == "shuffle"
     with pytest.raises(ConfigError, match="p_swap"):
@@ -257,7 +347,10 @@ def test_options_cost_and_requirements():
 @pytest.mark.parametrize("opts", [{}, {"partner_source": "inbatch", "inbatch_fallback": "self"},
                                   {"layout": "box", "teacher_rule": "symmetric", "ce_inputs": "swapped+original",
                                    "forward": "separate", "mask_per": "batch", "ratio_dist": "beta",
-                                   "kd_on_unswapped": False, "p_swap": 0.5, "batch_counts": "images"}])
+                                   "kd_on_unswapped": False, "p_swap": 0.5, "batch_counts": "images"},
+                                  {"teacher_rule": "originals", "logit_standardize": True, "T": 2.0},
+                                  {"teacher_rule": "originals", "teacher_forward": "joint",
+                                   "kd_gate": "teacher_correct", "T_teacher": 8.0}])
 def test_ips_trains_end_to_end(tmp_path, opts):
     s = train(synthetic_config(tmp_path, method={"name": "ips", **opts}, train={"epochs": 2}))
     assert s["last"]["test_top1"] > 30

@@ -240,3 +240,38 @@ def test_compiled_training_runs_on_cpu(tmp_path):
     s = train(synthetic_config(tmp_path, model={"name": "resnet8", "compile": True},
                                data={"synthetic_size": 64, "drop_last": True}, train={"epochs": 1}))
     assert math.isfinite(s["last"]["test_nll"])
+
+
+def test_term_gradient_norms_are_logged_and_change_nothing(tmp_path):
+    small = {"synthetic_size": 128}  # 4 steps per epoch
+    plain = synthetic_config(tmp_path / "a", data=small, method={"name": "ips"}, name="r")
+    measured = synthetic_config(tmp_path / "b", data=small, method={"name": "ips"}, name="r",
+                                train={"grad_norm_every": 3})
+    train(plain)
+    train(measured)
+    ref, _ = _final_weights(plain)
+    got, _ = _final_weights(measured)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # measuring does not touch the update
+    with open(f"{_run_dir(measured)}/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    # global steps 0 and 3 (epoch 1) and 6 (epoch 2) are measured
+    for r in rows:
+        assert float(r["train_gradnorm_ce"]) > 0 and float(r["train_gradnorm_kd"]) > 0
+        assert float(r["train_logit_norm"]) > 0 and 0 < float(r["train_entropy"]) < math.log(10)
+        assert float(r["train_logit_norm_t"]) >= 0 and 0 <= float(r["train_teacher_wrong"]) <= 1
+    with open(f"{_run_dir(plain)}/metrics.csv") as fh:
+        assert "train_gradnorm_ce" not in next(csv.DictReader(fh))
+
+
+def test_term_gradient_norm_golden():
+    from selfdistill.config import resolve_config
+    from selfdistill.engine import Trainer
+
+    trainer = Trainer(resolve_config({"train": {"device": "cpu"}}))
+    trainer.model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        trainer.model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    x = torch.tensor([[3.0, 4.0]])
+    out = trainer.model(x).sum()  # d/dw = x → norm 5; 2·out → 10
+    norms = trainer._grad_norms({"a": out, "b": 2 * out, "c": torch.tensor(1.0)})
+    assert norms["a"].item() == pytest.approx(5.0) and norms["b"].item() == pytest.approx(10.0) and "c" not in norms

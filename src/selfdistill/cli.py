@@ -14,7 +14,7 @@ from .config import ConfigError, config_reference, set_by_path
 from .data import DataError
 from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
 from .engine.distributed import close_distributed, is_main_process
-from .methods import describe_method
+from .methods import describe_method, method_reference
 from .registry import UnknownNameError
 from .tasks import get_task, list_tasks
 
@@ -60,6 +60,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def full_reference() -> str:
+    """``docs/config.md``: every config key, then every method's options, task by task."""
+    lines = [config_reference(), "## `method` — options of each method, by task", "",
+             "`method.name` picks the method; `method.preset` fills a named set of options first, and keys given",
+             "beside it override the preset.", ""]
+    for task_name in list_tasks():
+        registry = get_task(task_name).methods
+        lines += [f"## Methods of task `{task_name}`", ""]
+        for name in registry.names():
+            lines += method_reference(name, registry)
+    return "\n".join(lines)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         for task_name in list_tasks():
@@ -72,7 +85,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                     print(f"    options: {d['options']}\n    data: {d['requirements']}  passes/step: "
                           f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
     elif args.what == "config":
-        print(config_reference())
+        print(full_reference())
     else:
         for task_name in list_tasks():
             task = get_task(task_name)

@@ -59,6 +59,27 @@ def kd_rows(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0) -> T
         return T * T * kl_rows(p, log_q)
 
 
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Z-score each row: ``(z − mean(z)) / (std(z) + eps)`` over classes (logit standardisation, Sun et al., CVPR
+    2024), in fp32. Softmax of the result no longer depends on the scale of the logits, only on their shape."""
+    with torch.autocast(logits.device.type, enabled=False):
+        z = _fp32(logits)
+        return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + eps)
+
+
+def entropy_rows(probs: Tensor) -> Tensor:
+    """Per-row entropy ``−Σ_c p_c log p_c`` (nats) of probability rows, with ``0·log 0 = 0``."""
+    with torch.autocast(probs.device.type, enabled=False):
+        p = _fp32(probs)
+        return -torch.xlogy(p, p).sum(1)
+
+
+def kd_rows_from_probs(target_probs: Tensor, student_logits: Tensor, T: float = 4.0) -> Tensor:
+    """Per-row ``T² · KL(p ‖ σ_T(s))`` for target probabilities ``p`` (e.g. a tempered teacher, or a mixture)."""
+    with torch.autocast(student_logits.device.type, enabled=False):
+        return T * T * kl_rows(target_probs, F.log_softmax(_fp32(student_logits) / T, dim=1))
+
+
 def kd_loss(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0,
             reduction: KLReduction = "batchmean") -> Tensor:
     """Standard distillation term ``KD_T(t, s) = T² · KL(σ_T(t) ‖ σ_T(s))`` (methods.md §0.1).

@@ -117,7 +117,7 @@ def load_runs(root: str | Path) -> list[Run]:
 
 # run-environment settings that do not change what a run measures
 _NOT_A_SETTING = ("seed", "name", "out", "method.", "data.root", "data.cache_dir", "data.num_workers",
-                  "train.threads", "train.progress", "train.tensorboard", "train.log_every",
+                  "train.threads", "train.progress", "train.tensorboard", "train.log_every", "train.grad_norm_every",
                   "train.checkpoint_every_steps")
 
 
@@ -260,6 +260,69 @@ def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# per-epoch training diagnostics plotted by :func:`_plot_diagnostics`: panel title and (column, line style) pairs;
+# ``kd/ce`` is the ratio of the weighted distillation term to the CE term, ``gradnorm`` every term's gradient norm
+DIAGNOSTICS = (("logit norm (training outputs)", (("train_logit_norm", "-"),)),
+               ("entropy (training outputs, nats)", (("train_entropy", "-"),)),
+               ("logit norm: teacher — / student --", (("train_logit_norm_t", "-"), ("train_logit_norm_s", "--"))),
+               ("entropy at T: teacher — / student --", (("train_entropy_t", "-"), ("train_entropy_s", "--"))),
+               ("teachers whose argmax is wrong", (("train_teacher_wrong", "-"),)),
+               ("λ·KD / CE", (("kd/ce", "-"),)),
+               ("gradient norm per term: ce — / kd --", (("train_gradnorm_ce", "-"), ("train_gradnorm_kd", "--"))),
+               ("train top-1 — / val top-1 --", (("train_top1", "-"), ("val_top1", "--"))))
+
+
+def _column(run: Run, key: str) -> list[tuple[float, float]]:
+    """``(epoch, value)`` of a per-epoch column (``kd/ce``: the ratio of the two loss terms)."""
+    if key == "kd/ce":
+        return [(r["epoch"], r["train_loss_kd"] / r["train_loss_ce"]) for r in run.rows
+                if r.get("train_loss_ce") and "train_loss_kd" in r]
+    return [(r["epoch"], r[key]) for r in run.rows if key in r]
+
+
+def _plot_diagnostics(cells: list[Cell], title: str, path: Path) -> bool:
+    """Per-epoch training diagnostics (:data:`DIAGNOSTICS`) of every cell that logs them, mean over seeds; False
+    (and no file) when no run logs any."""
+    panels = [(name, keys) for name, keys in DIAGNOSTICS
+              if any(_column(r, k) for c in cells for r in c.runs for k, _ in keys)]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (name, keys) in zip(axes.flat, panels, strict=False):
+        for i, cell in enumerate(cells):
+            for key, style in keys:
+                curves = [dict(_column(r, key)) for r in cell.runs]
+                epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+                if epochs:
+                    ax.plot(epochs, [statistics.fmean(c[e] for c in curves) for e in epochs], style,
+                            color=colours[i % len(colours)], label=cell.label if style == "-" else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:len(panels)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.015 * ((len(labels) + 2) // 3), 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
@@ -443,6 +506,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
         if _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
                              out / f"reliability_{slug}.png"):
             lines += [f"![reliability](reliability_{slug}.png)", ""]
+        if _plot_diagnostics(cells, f"{dataset} / {model}: training diagnostics (mean over seeds)",
+                             out / f"diagnostics_{slug}.png"):
+            lines += [f"![training diagnostics](diagnostics_{slug}.png)", ""]
     _write_csv(runs, out / "runs.csv")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -68,9 +68,13 @@ TEACHER_SOURCE = ("teacher", "teacher_model", "teacher_kwargs", "teacher_mean", 
 
 
 def method_label(method: dict[str, Any], task: str = "classification") -> str:
-    """``name`` plus the options that differ from the method's defaults (under ``task``), e.g. ``ips(p_swap=0.5)``
-    (the teacher's source and the generation index are left out: the report lists teachers separately)."""
-    defaults = describe_method(method["name"], get_task(task).methods)["options"]
+    """``name`` plus the options that differ from the method's defaults (under ``task``; those of its preset when it
+    names one), e.g. ``ips(p_swap=0.5)`` or ``ips(preset=spec, T=1.0)`` (the teacher's source and the generation
+    index are left out: the report lists teachers separately)."""
+    registry = get_task(task).methods
+    defaults = describe_method(method["name"], registry)["options"]
+    if method.get("preset"):
+        defaults.update(registry.get(method["name"]).PRESETS.get(method["preset"], {}))
     diff = [f"{k}={v}" for k, v in method.items()
             if k not in ("name", "preset", "generation", *TEACHER_SOURCE) and defaults.get(k) != v]
     if method.get("preset"):

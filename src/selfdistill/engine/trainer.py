@@ -46,7 +46,7 @@ from .state import load_frozen_model
 CHECKPOINT = "last.pt"
 # keys that may differ between a run's saved config and the one it is resumed with
 RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
-                     "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
+                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -299,6 +299,9 @@ class Trainer:
                 out = self.method.training_step(self.train_model, batch, epoch)
             total = sum(out.losses.values())
             self._check_finite(out.losses, total, epoch, step)
+            if cfg.train.grad_norm_every and self.global_step % cfg.train.grad_norm_every == 0:
+                for k, v in {**self._grad_norms(out.losses), "steps": 1.0}.items():
+                    acc[f"gradnorm_{k}"] = acc.get(f"gradnorm_{k}", zero) + v
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; a rank whose share of an uneven (last) batch differs from
             # global/world is weighted by it, so the update equals one process on the global batch
@@ -325,6 +328,8 @@ class Trainer:
                     hits, counted = self.task.train_hits(out.logits.detach().float(), out.targets)
                     acc["n"] += counted
                     acc["correct"] += hits
+                    for k, v in self.task.train_stats(out.logits.detach().float(), out.targets).items():
+                        acc[k] = acc.get(k, zero) + v
                 acc["steps"] += 1
                 for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total,
                              **out.stats}.items():
@@ -346,6 +351,18 @@ class Trainer:
         self.log(self._format_row(row))
         return row
 
+    def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The gradient norm of each loss term on the network's weights (this rank's shard), without touching
+        ``.grad``: what each term asks of the shared weights."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in losses.items():
+            if not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norms[name] = torch.sqrt(sum(g.double().pow(2).sum() for g in grads if g is not None))
+        return norms
+
     def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor, epoch: int, step: int) -> None:
         if bool(torch.isfinite(total)):
             return
@@ -365,7 +382,9 @@ class Trainer:
         steps = max(float(acc["steps"]), 1.0)
         row: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         for k, v in acc.items():
-            if k not in ("n", "correct", "steps"):
+            if k.startswith("gradnorm_") and k != "gradnorm_steps":  # means over the measured steps
+                row[f"train_{k}"] = float(v) / float(acc["gradnorm_steps"])
+            elif k not in ("n", "correct", "steps", "gradnorm_steps"):
                 row[f"train_{k}"] = float(v) / steps
         row[f"train_{self.task.train_metric}"] = (100 * float(acc["correct"]) / float(acc["n"]) if float(acc["n"]) > 0
                                                   else math.nan)

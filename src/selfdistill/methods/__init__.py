@@ -29,11 +29,12 @@ from .base import (
     describe_method,
     list_methods,
     method_options,
+    method_reference,
     register_method,
     validate_method_options,
 )
 
 __all__ = [
     "METHODS", "Method", "MethodContext", "NoOptions", "StepOutput", "build_method", "describe_method",
-    "list_methods", "method_options", "register_method", "validate_method_options",
+    "list_methods", "method_options", "method_reference", "register_method", "validate_method_options",
 ]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, options_table
 from ..data.loader import Batch, DataRequirements
 from ..registry import Registry
 
@@ -214,3 +214,15 @@ def describe_method(name: str, registry: Registry[type[Method]] = METHODS) -> di
         "passes_per_step": cls.cost(defaults),
         "presets": sorted(cls.PRESETS),
     }
+
+
+def method_reference(name: str, registry: Registry[type[Method]] = METHODS) -> list[str]:
+    """Markdown section of one method: its summary, data needs, presets and every option (``method.<key>``)."""
+    cls = registry.get(name)
+    d = describe_method(name, registry)
+    lines = [f"### `{name}` — {d['doc']}", "",
+             f"Passes per step: {d['passes_per_step']:g}. Presets: "
+             + (", ".join(f"`{p}` = `{cls.PRESETS[p]}`" for p in d["presets"]) if d["presets"] else "none") + ".", ""]
+    if dataclasses.fields(cls.Options):
+        lines += [*options_table(cls.Options, "method.")[0], ""]
+    return lines

@@ -32,7 +32,9 @@ class LSOptions:
     """Label-smoothing options."""
 
     epsilon: float = 0.1
+    """Smoothing mass ε taken from the label."""
     ls_form: Literal["uniform_all", "uniform_nontarget"] = "uniform_all"
+    """``uniform_all``: (1−ε)e_y + ε/K; ``uniform_nontarget``: the label keeps 1−ε, every other class ε/(K−1)."""
 
 
 @register_method("label_smoothing")

@@ -70,6 +70,11 @@ class Task:
         """(correct, counted) for the training accuracy of one step."""
         raise NotImplementedError
 
+    def train_stats(self, logits: Tensor, targets: Any) -> dict[str, Tensor]:
+        """Diagnostics of one step's training outputs (means over its rows), averaged per epoch and logged as
+        ``train_<name>``; none by default."""
+        return {}
+
     def validate_method(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The ``method:`` mapping checked against this task's methods and fully resolved."""
         from ..methods.base import validate_method_options

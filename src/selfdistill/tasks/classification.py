@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..config import DataConfig
 from ..data import DataModule, list_datasets
 from ..engine.metrics import MetricAccumulator, topk_correct
+from ..losses import entropy_rows
 from ..methods import METHODS
 from ..models import build_model, list_models
 from .base import TASKS, Task
@@ -43,3 +44,9 @@ class ClassificationTask(Task):
 
     def train_hits(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
         return topk_correct(logits, targets, 1), targets.numel()
+
+    def train_stats(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """The mean L2 norm of the training logits and the mean entropy (nats) of their softmax: how confident the
+        network is on what it trains on."""
+        return {"logit_norm": logits.norm(dim=1).mean().double(),
+                "entropy": entropy_rows(torch.softmax(logits, 1)).mean().double()}
