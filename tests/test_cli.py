@@ -1,7 +1,9 @@
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from selfdistill.cli import main
@@ -47,6 +49,30 @@ def test_train_eval_and_user_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # a bare model state dict is not a run checkpoint: named, explained, one line
+    bare = tmp_path / "weights.pt"
+    torch.save(torch.load(run / "last.pt", weights_only=True)["model"], bare)
+    assert main(["eval", "--checkpoint", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bare} is not a selfdistill run checkpoint (no 'config'" in err and "last.pt" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # the same when a run directory's last.pt is such a file: the resume refuses it and leaves it as it was
+    (run / "last.pt").write_bytes(bare.read_bytes())
+    assert main(["train", "--config", str(path), "--out", out, "--set", "seed=3", "--resume"]) == 2
+    assert "not a selfdistill run checkpoint" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == bare.read_bytes()
+
+
+def test_user_errors_end_without_a_traceback_in_a_real_process(tmp_path):
+    env = {**os.environ, "SELFDISTILL_DEBUG": ""}
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"garbage")
+    out = subprocess.run([sys.executable, "-m", "selfdistill", "eval", "--checkpoint", str(bad)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and f"cannot read checkpoint {bad}" in out.stderr
+    debug = subprocess.run([sys.executable, "-m", "selfdistill", "eval", "--checkpoint", str(bad)],
+                           capture_output=True, text=True, env={**env, "SELFDISTILL_DEBUG": "1"}, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 @pytest.mark.slow

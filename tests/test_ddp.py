@@ -241,7 +241,12 @@ def test_segmentation_two_processes_match_one(tmp_path, method):
 @pytest.mark.parametrize("task", ["segmentation", "detection"])
 def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task):
     """The confusion matrix is summed and the detections are gathered over ranks: `selfdistill eval` under
-    torchrun gives the single-process metrics of the whole split."""
+    torchrun gives the single-process metrics of the whole split.
+
+    Equal by construction, not by luck of the kernels: each rank evaluates whole single-process batches
+    (``eval_ranges``), so every image goes through the network in the same batch as on one process, and the
+    reference runs with the ranks' one thread. (With shards cut mid-batch, a detector's scores differed in the
+    last bits on another machine, a score crossed a threshold and mAP moved by 2e-4.)"""
 
     shared = REPO.parent / "shared" / "datasets"
     if task == "segmentation":
@@ -262,10 +267,32 @@ def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task)
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     two = json.loads(out.stdout[out.stdout.index("{"):])
-    one = evaluate(ckpt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the ranks
+    try:
+        one = evaluate(ckpt)
+    finally:
+        torch.set_num_threads(threads)
     assert two.keys() == one.keys() and two["n"] == one["n"]
     for k, v in one.items():
         assert two[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), k
     main = summary["metrics"][0]
     assert one[main] == pytest.approx(summary["last"][f"test_{main}"])
     assert one[main] > 0  # a measured, non-trivial value
+
+
+def test_a_user_error_under_torchrun_ends_cleanly(tmp_path):
+    """Every rank reports the error in one line and leaves the process group at once: no traceback of ours, and
+    no gloo abort at exit ("terminate called without an active exception") burying the message. (torchrun itself
+    still prints its ChildFailedError report.)"""
+    train(synthetic_config(tmp_path, name="run", train={"epochs": 1}), log=lambda _: None)
+    ckpt = tmp_path / "runs" / "run" / "last.pt"
+    missing = tmp_path / "missing"
+    # the data error comes after the ranks have joined the process group
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "selfdistill", "eval", "--checkpoint", str(ckpt),
+                          "--set", "data.name=imagefolder", "--set", f"data.root={missing}"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode != 0
+    assert out.stderr.count(f"selfdistill: error: data.root '{missing}' does not exist") == 2, out.stderr[-3000:]
+    assert "terminate called" not in out.stderr and "selfdistill/data" not in out.stderr

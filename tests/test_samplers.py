@@ -114,3 +114,13 @@ def test_random_splits_depend_on_the_seed_and_reject_impossible_settings():
         random_splits(10, 0, 1.0, seed=0)
     with pytest.raises(DataError, match="train_subset=11 exceeds the 10"):
         random_splits(10, 11, 0.0, seed=0)
+
+
+def test_eval_ranges_deal_out_whole_single_process_batches():
+    from selfdistill.data.samplers import eval_ranges
+
+    assert eval_ranges(10, 4, 0, 1) == [(0, 4), (4, 8), (8, 10)]
+    assert eval_ranges(10, 4, 0, 2) == [(0, 4), (4, 8)] and eval_ranges(10, 4, 1, 2) == [(8, 10)]
+    for n, bs, world in [(50, 4, 2), (7, 3, 3), (5, 8, 2), (0, 4, 2), (23, 5, 4)]:
+        parts = [eval_ranges(n, bs, r, world) for r in range(world)]
+        assert [b for part in parts for b in part] == eval_ranges(n, bs, 0, 1)  # the same batches, in order

@@ -200,15 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one clear line and exit with status 2."""
+    """Entry point; user errors (bad config, data or checkpoint) print one clear line and exit with status 2, without
+    a traceback unless ``SELFDISTILL_DEBUG=1``. Under ``torchrun`` a failing rank leaves the process group at once
+    (no barrier: the other ranks may never reach it), so its exit is not buried under gloo's abort."""
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
         close_distributed()
         return code
-    except (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError) as exc:
-        print(f"selfdistill: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        close_distributed(barrier=False)
+        if os.environ.get("SELFDISTILL_DEBUG"):
+            raise
+        print(f"selfdistill: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nselfdistill: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)

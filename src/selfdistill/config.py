@@ -106,7 +106,8 @@ class DataConfig:
     name: str = "cifar10"
     """Dataset source (``selfdistill list datasets``)."""
     root: str | None = None
-    """Dataset folder. ``imagefolder`` needs ``train/`` and ``val/`` or ``test/`` inside it."""
+    """Dataset folder. ``imagefolder`` needs ``train/`` and ``val/`` or ``test/`` inside it, or takes a ``.tar.gz``,
+    ``.tgz``, ``.tar`` or ``.zip`` archive of such a folder (unpacked once under ``cache_dir``)."""
     download: bool = False
     """Let torchvision download CIFAR (needs internet)."""
     batch_size: int = 128

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..config import DataConfig
 from .augment import crop_flip, normalize, sample_crop_flip
 from .multicrop import MultiCrop, resized_crops, sample_crops
-from .samplers import SAMPLERS, IndexBatch, rank_slice
+from .samplers import SAMPLERS, IndexBatch, eval_ranges, rank_slice
 from .sources import DATASETS, DataError, RawData, Split
 from .splits import make_splits
 from .strong import sample_strong, strong_augment
@@ -149,16 +149,17 @@ class DataModule:
     # --------------------------------------------------------------------------------------------- eval
     def eval_batches(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's shard of ``split`` as normalised ``(x, y)`` batches, in order (no augmentation)."""
-        sl = rank_slice(len(split), self.rank, self.world)
-        bs = self.cfg.eval_batch_size
+        ranges = eval_ranges(len(split), self.cfg.eval_batch_size, self.rank, self.world)
         if self.in_memory:
-            for start in range(sl.start, sl.stop, bs):
-                stop = min(start + bs, sl.stop)
+            for start, stop in ranges:
                 yield self._prepare(split.images[start:stop]), split.labels[start:stop].to(self.device)
+            return
+        if not ranges:
             return
         from .streaming import eval_loader
 
-        for x, y, _ in eval_loader(self, split.subset(torch.arange(sl.start, sl.stop))):
+        # the shard starts at a batch boundary: the loader's batches are the single-process ones
+        for x, y, _ in eval_loader(self, split.subset(torch.arange(ranges[0][0], ranges[-1][1]))):
             yield x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device)
 
 

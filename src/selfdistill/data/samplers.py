@@ -33,6 +33,15 @@ def rank_slice(n: int, rank: int, world: int) -> slice:
     return slice(start, start + q + (rank < r))
 
 
+def eval_ranges(n: int, batch_size: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """This rank's evaluation batches ``[start, stop)`` of ``range(n)``: the single-process batches (``batch_size``
+    rows each, the last one shorter), dealt out whole and contiguously to the ranks. Every image is thus evaluated
+    in the same batch whatever the world size, so sharded evaluation computes exactly the single-process outputs
+    (kernels may round differently for another batch composition)."""
+    batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    return batches[rank_slice(len(batches), rank, world)]
+
+
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     """The generator of one epoch's plan (``salt`` separates streams, e.g. partner draws from the shuffle)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63))

@@ -223,12 +223,7 @@ def decode_images(files: list[str], size: int | None, skip_corrupt: bool) -> tup
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         arrays = list(pool.map(lambda f: _decode(f, size), files, chunksize=256))
     kept = [i for i, a in enumerate(arrays) if a is not None]
-    bad = [files[i] for i, a in enumerate(arrays) if a is None]
-    if bad and not skip_corrupt:
-        raise DataError(f"cannot read image {bad[0]} ({len(bad)} unreadable in all). Remove or replace it, or set "
-                        "data.skip_corrupt=true to skip unreadable images.")
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable images, e.g. {bad[0]}", stacklevel=2)
+    _report_skipped([files[i] for i, a in enumerate(arrays) if a is None], skip_corrupt)
     shapes = {arrays[i].shape for i in kept}
     if len(shapes) > 1:
         raise DataError(f"images have different sizes ({sorted(shapes)[:3]} ...); set data.image_size to resize "
@@ -239,7 +234,7 @@ def decode_images(files: list[str], size: int | None, skip_corrupt: bool) -> tup
 
 
 def _cache_key(files: list[str], size: int | None) -> str:
-    h = hashlib.sha1(f"v1|{size}".encode())
+    h = hashlib.sha1(f"v2|{size}".encode())
     for f in files:
         st = os.stat(f)
         h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -251,42 +246,112 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("SELFDISTILL_CACHE") or Path.home() / ".cache" / "selfdistill")
 
 
+def _report_skipped(skipped: list[str], skip_corrupt: bool) -> None:
+    """Fail on unreadable images, naming the first, or warn how many were skipped (``data.skip_corrupt``)."""
+    if skipped and not skip_corrupt:
+        raise DataError(f"cannot read image {skipped[0]} ({len(skipped)} unreadable in all). Remove or replace it, or "
+                        "set data.skip_corrupt=true to skip unreadable images.")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable images, e.g. {skipped[0]}", stacklevel=3)
+
+
 def load_folder_split(files: list[str], labels: Tensor, cfg: DataConfig, in_memory: bool) -> Split:
-    """Decode a scanned split into memory (cached on disk) or keep its file list for streaming."""
+    """Decode a scanned split into memory (cached on disk) or keep its file list for streaming.
+
+    The cache holds the readable images and the list of unreadable files, so a cached split fails (or warns) on a
+    corrupt file exactly as a fresh decode does."""
     if not in_memory:
         return Split(labels, files=files)
     path = cache_dir(cfg) / f"imagefolder-{_cache_key(files, cfg.image_size)}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
+        _report_skipped(blob["skipped"], cfg.skip_corrupt)
         return Split(blob["labels"], blob["images"])
     images, kept = decode_images(files, cfg.image_size, cfg.skip_corrupt)
     split = Split(labels[kept], images)
+    kept_set = set(kept)
+    skipped = [f for i, f in enumerate(files) if i not in kept_set]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"images": split.images, "labels": split.labels}, path)
+        atomic_save({"images": split.images, "labels": split.labels, "skipped": skipped}, path)
     except OSError as exc:  # a cache is an optimisation: warn, keep going
         warnings.warn(f"could not write the decode cache {path}: {exc}", stacklevel=2)
     return split
 
 
 def _estimate_bytes(files: list[str], size: int | None) -> int:
+    """Decoded size of ``files`` in bytes, from ``size`` or from the first readable image's size."""
     if size is None:
         from PIL import Image
 
-        with Image.open(files[0]) as im:
-            w, h = im.size
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    w, h = im.size
+                break
+            except (OSError, ValueError):  # unreadable: judged by the decode (named, or skipped and counted)
+                continue
+        else:
+            raise DataError(f"no readable image among the {len(files)} files of {Path(files[0]).parents[1]}")
     else:
         w = h = size
     return len(files) * 3 * w * h
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def unpack_archive(archive: Path, cfg: DataConfig) -> Path:
+    """The folder an archive (``.tar.gz``, ``.tgz``, ``.tar``, ``.zip``) unpacks to, under the cache folder: unpacked
+    once (into a temporary folder renamed when complete), then reused while the archive is unchanged. When the
+    archive holds one top-level folder, that folder is returned."""
+    import shutil
+    import tarfile
+    import zipfile
+
+    st = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = archive.name.split(".")[0]
+    dest = cache_dir(cfg) / "archives" / f"{stem}-{key}"
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+            else:
+                with tarfile.open(archive) as tf:
+                    if hasattr(tarfile, "data_filter"):  # refuses absolute paths, links out of tmp, devices
+                        tf.extractall(tmp, filter="data")
+                    else:  # Pythons before the filter: refuse what it would
+                        bad = [m.name for m in tf.getmembers() if m.name.startswith("/") or ".." in Path(m.name).parts
+                               or not (m.isfile() or m.isdir())]
+                        if bad:
+                            raise tarfile.TarError(f"unsafe member {bad[0]}")
+                        tf.extractall(tmp)
+            os.replace(tmp, dest)
+        except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not dest.is_dir():  # another process may have finished the same unpacking first
+                raise DataError(f"cannot unpack {archive} into {dest.parent}: {exc}. Check the file and the free "
+                                "space there (data.cache_dir or $SELFDISTILL_CACHE choose the folder).") from exc
+    entries = [e for e in dest.iterdir() if not e.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> RawData:
-    """Any ``root/{train,val|test}/<class>/<image>`` tree. Held in memory as uint8 when it fits
-    (``data.in_memory``, ``data.memory_limit_gb``), streamed through DataLoader workers otherwise."""
+    """Any ``root/{train,val|test}/<class>/<image>`` tree, or an archive of one (unpacked once into the cache
+    folder). Held in memory as uint8 when it fits (``data.in_memory``, ``data.memory_limit_gb``), streamed through
+    DataLoader workers otherwise."""
     if not cfg.root:
-        raise DataError("data.root must point at a folder with train/ and val/ or test/ inside")
+        raise DataError("data.root must point at a folder (or a .tar.gz/.tgz/.tar/.zip archive of one) with train/ "
+                        "and val/ or test/ inside")
     root = Path(cfg.root).expanduser()
+    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
+        root = unpack_archive(root, cfg)
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist")
     test_name = next((n for n in ("val", "test") if (root / n).is_dir()), None)

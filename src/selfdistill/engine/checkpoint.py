@@ -38,6 +38,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
+RUN_KEYS = ("config", "model", "classes")
+
+
+def load_run_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a run's checkpoint (a ``last.pt`` written by training: the run's config, model, optimiser and more);
+    anything else, e.g. a bare model state dict, is refused with a message naming the file."""
+    ck = load_checkpoint(path, map_location)
+    missing = [k for k in RUN_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        keys = [str(k) for k in ck] if isinstance(ck, dict) else []
+        shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "") if keys else type(ck).__name__
+        raise CheckpointError(
+            f"{path} is not a selfdistill run checkpoint (no {', '.join(repr(k) for k in missing)}; it holds {shown}). "
+            "Pass a run's last.pt (written by `selfdistill train`); a bare model state dict can serve as a teacher "
+            "with method.teacher=<file> and method.teacher_model=<architecture>.")
+    return ck
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) RNG states, as checkpoint-safe plain data and tensors."""
     np_state = np.random.get_state()

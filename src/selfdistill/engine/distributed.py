@@ -48,16 +48,17 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def close_distributed() -> None:
-    """Leave the ``torchrun`` process group once every rank has finished, if one was joined. Call it on success
-    only: after an error on one rank the others may never reach the barrier (torchrun stops them instead).
+def close_distributed(barrier: bool = True) -> None:
+    """Leave the ``torchrun`` process group, if one was joined: after every rank has finished (``barrier``), or at
+    once (after an error on this rank, when the others may never reach a barrier; torchrun stops them).
 
     A gloo group still alive when the interpreter exits can abort the process after its work is done
     ("terminate called without an active exception"): a gloo worker thread that releases a finished
     collective's tensors needs the GIL, and a thread asking for the GIL during finalisation is unwound through a
     destructor that may not throw. Destroying the group joins those threads first."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -24,7 +24,7 @@ from ..methods import MethodContext
 from ..tasks import get_task
 from .checkpoint import (
     CheckpointError,
-    load_checkpoint,
+    load_run_checkpoint,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -256,7 +256,7 @@ class Trainer:
             if not self.resume:
                 raise RunExistsError(f"{self.run_dir} already holds a run (checkpoint {ckpt_path}). Pass --resume "
                                      "to continue it, or choose another run name or --out.")
-            done_epoch, step_in_epoch, acc = self._restore(load_checkpoint(ckpt_path, self.device))
+            done_epoch, step_in_epoch, acc = self._restore(load_run_checkpoint(ckpt_path, self.device))
             start_epoch, start_step = (done_epoch + 1, 0) if step_in_epoch == 0 else (done_epoch, step_in_epoch)
             self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {start_step}")
         if self.dist.is_main:
@@ -508,7 +508,7 @@ def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: 
     """Evaluate a checkpoint's model (or its EMA copy) on a split of its dataset (``data.*`` overrides allowed).
 
     Under ``torchrun`` each rank evaluates its shard and every rank returns the metrics of the whole split."""
-    ck = load_checkpoint(checkpoint)
+    ck = load_run_checkpoint(checkpoint)
     cfg = resolve_config(ck["config"], overrides)
     task = get_task(cfg.task)
     device = resolve_device(cfg.train.device)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ...config import DataConfig
 from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements
-from ...data.samplers import rank_slice
+from ...data.samplers import eval_ranges
 from ...data.sources import DataError, channel_stats, valid_mask
 from ...data.splits import hold_out
 from ..segmentation.data import DenseTrainLoader
@@ -166,9 +166,8 @@ class DetDataModule:
     def eval_batches(self, split: DetSplit) -> Iterator[tuple[Tensor, list[dict[str, Tensor]]]]:
         """This rank's shard of ``split`` as ``(canvases, targets)`` batches, in order; targets carry the image's
         position in the split as ``image_id``."""
-        sl = rank_slice(len(split), self.rank, self.world)
-        for start in range(sl.start, sl.stop, self.cfg.eval_batch_size):
-            idx = torch.arange(start, min(start + self.cfg.eval_batch_size, sl.stop))
+        for start, stop in eval_ranges(len(split), self.cfg.eval_batch_size, self.rank, self.world):
+            idx = torch.arange(start, stop)
             targets = split.targets(idx, self.device)
             for t, i in zip(targets, idx.tolist(), strict=True):
                 t["image_id"] = torch.tensor(i)

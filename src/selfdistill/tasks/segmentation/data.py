@@ -15,7 +15,7 @@ from torch import Tensor
 from ...config import DataConfig
 from ...data.augment import normalize
 from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
-from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, rank_slice
+from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, eval_ranges
 from ...data.sources import DataError, channel_stats
 from ...data.splits import hold_out
 from ...registry import Registry
@@ -164,10 +164,7 @@ class SegDataModule:
 
     def eval_batches(self, split: SegSplit) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's shard of ``split`` as normalised ``(x, labels)`` batches, in order (no augmentation)."""
-        sl = rank_slice(len(split), self.rank, self.world)
-        bs = self.cfg.eval_batch_size
-        for start in range(sl.start, sl.stop, bs):
-            stop = min(start + bs, sl.stop)
+        for start, stop in eval_ranges(len(split), self.cfg.eval_batch_size, self.rank, self.world):
             yield self.prepare(split.images[start:stop]), split.labels[start:stop].long()
 
 
