@@ -127,7 +127,7 @@ def test_statistics_helpers():
 
 def test_method_label_names_changed_options_but_not_the_teacher_source():
     assert method_label({"name": "ips", "teacher_rule": "symmetric", "T": 4.0}) == "ips(teacher_rule=symmetric)"
-    assert method_label({"name": "mean_teacher", "teacher_bn": "batch"}) == "mean_teacher(teacher_bn=batch)"
+    assert method_label({"name": "mean_teacher", "teacher_bn": "copy"}) == "mean_teacher(teacher_bn=copy)"
     # a preset's own values are not differences: only what the run changes on top of it
     spec = resolve_config({"method": {"name": "ips", "preset": "spec", "T": 1.0}}).method
     assert method_label(spec) == "ips(preset=spec, T=1.0)"

@@ -101,6 +101,20 @@ def test_teacher_momentum_schedule_and_last_layer_freeze():
     assert m.teacher.decay == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("warmup", [1, 2, 30])
+def test_teacher_temperature_warmup_is_dinos_linspace(warmup):
+    """DINO's schedule: ``np.linspace(start, final, W)`` for the 0-based epochs 0..W−1, then ``final``."""
+    import numpy as np
+
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, teacher_temp=0.04, teacher_temp_final=0.07, teacher_temp_warmup_epochs=warmup)
+    official = np.concatenate([np.linspace(0.04, 0.07, warmup), np.full(40, 0.07)])
+    for epoch in range(1, 36):  # 1-based here, 0-based there
+        assert m.teacher_temp(epoch) == pytest.approx(float(official[epoch - 1]), abs=1e-12), epoch
+    if warmup == 2:
+        assert m.teacher_temp(2) == pytest.approx(0.07)  # the final value in the W-th epoch
+
+
 def test_multicrop_batches_and_same_resolution_batching():
     dm = DataModule(DataConfig(name="synthetic", synthetic_size=32, batch_size=8, num_classes=4, image_size=16))
     req = DataRequirements(multicrop=MultiCrop(2, 3, 16, 8))

@@ -62,6 +62,12 @@ def test_averaged_and_own_bn_buffers():
     assert torch.equal(own.module.state_dict()["1.num_batches_tracked"], start["1.num_batches_tracked"])
 
 
+def test_default_bn_handling_is_mean_teachers_own():
+    """Mean Teacher's code forwards the EMA teacher in train mode: it normalises by its own batch."""
+    for spec in ({}, {"preset": "official"}, {"preset": "clean"}):
+        assert resolve_config({"method": {"name": "mean_teacher", **spec}}).method["teacher_bn"] == "batch"
+
+
 @pytest.mark.parametrize("teacher_bn", ["copy", "average", "batch"])
 def test_teacher_bn_modes_give_the_target_and_keep_the_teacher_in_eval(teacher_bn):
     model = _model()
@@ -134,7 +140,7 @@ def test_sharpened_centred_target_and_centre_update():
     model = _model()
     x = torch.randn(4, 3, 6, 6)
     model(x)
-    m = _method(model, teacher_temp=0.5, T=1.0, ramp_fraction=0.0, center_momentum=0.9)
+    m = _method(model, teacher_temp=0.5, T=1.0, ramp_fraction=0.0, center_momentum=0.9, teacher_bn="copy")
     batch = Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x, x])
     with torch.no_grad():
         zt = m.ema.module(x).float()

@@ -4,6 +4,7 @@ Golden values on hand-built tensors, the spec's invariants, memories and caches 
 short end-to-end run of each method.
 """
 
+import copy
 import math
 
 import pytest
@@ -98,6 +99,31 @@ def test_dlb_first_step_is_ce_then_previous_logits_are_the_target():
     assert out2.losses["ce"].item() == pytest.approx(float(ce), abs=1e-6)
     out2.losses["kd"].backward()
     assert student.table.grad[2:].abs().sum() == 0  # the KD target (cached) receives no gradient
+
+
+def test_dlb_official_forwards_the_current_batch_first():
+    """The official step: ``model(current)`` then ``model(previous second view)``, two forwards, so each batch is
+    normalised by its own BatchNorm statistics and the running statistics are updated in that order."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    reference = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    views = [[torch.randn(4, 3, 6, 6, generator=g) for _ in range(2)] for _ in range(2)]
+    y = torch.tensor([0, 1, 2, 0])
+    m = _method("dlb", preset="official")
+    assert not m.opt.joint_forward
+    for step_views in views:
+        out = m.training_step(net, Batch(step_views[0], y, torch.arange(4), step_views), 1)
+    # the same two steps written out as the official loop does them
+    z1 = reference(views[0][0])
+    z_cur = reference(views[1][0])
+    z_prev = reference(views[0][1])
+    torch.testing.assert_close(net[1].running_mean, reference[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(net[1].running_var, reference[1].running_var, rtol=0, atol=0)
+    assert out.losses["kd"].item() == kd_loss(z1.detach(), z_prev, 3.0).item()
+    assert out.losses["ce"].item() == F.cross_entropy(torch.cat([z_prev, z_cur]), torch.cat([y, y])).item()
+    assert _method("dlb").opt.joint_forward is False and _method("dlb", preset="clean").opt.joint_forward
 
 
 # ----------------------------------------------------------------------------------------------- Zipf

@@ -117,7 +117,8 @@ class DINOOptions:
     teacher_temp_final: float = 0.04
     """τ_t after the warm-up (the official README recommends 0.07 for long runs)."""
     teacher_temp_warmup_epochs: int = 0
-    """Epochs of the linear τ_t warm-up."""
+    """Epochs W of the linear τ_t warm-up: τ_t rises from ``teacher_temp`` in epoch 1 to ``teacher_temp_final`` in
+    epoch W (DINO's ``linspace`` schedule)."""
     center_momentum: float = 0.9
     """Momentum m_c of the centre."""
     momentum_teacher: float = 0.996
@@ -182,11 +183,15 @@ class DINO(Method):
         return [self.head]
 
     def teacher_temp(self, epoch: int) -> float:
-        """τ_t at 1-based ``epoch``: linear warm-up, then constant."""
+        """τ_t at 1-based ``epoch``: DINO's schedule, ``linspace(start, final, W)`` indexed by the 0-based epoch, so
+        epoch 1 has ``start`` and epoch ``W`` already has ``final`` (``W = 1``: ``start`` for one epoch)."""
         o = self.opt
-        if epoch > o.teacher_temp_warmup_epochs or o.teacher_temp_warmup_epochs == 0:
+        w = o.teacher_temp_warmup_epochs
+        if epoch > w:
             return o.teacher_temp_final
-        return o.teacher_temp + (o.teacher_temp_final - o.teacher_temp) * (epoch - 1) / o.teacher_temp_warmup_epochs
+        if w == 1:
+            return o.teacher_temp
+        return o.teacher_temp + (o.teacher_temp_final - o.teacher_temp) * (epoch - 1) / (w - 1)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Freeze the head's last layer early on; warn on collapse seen in the previous epoch."""

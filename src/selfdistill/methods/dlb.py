@@ -26,8 +26,10 @@ class DLBOptions:
     """Distillation temperature."""
     alpha: float = 1.0
     """Weight of the distillation term."""
-    joint_forward: bool = True
-    """One forward over current and previous batch (shared BN statistics, official) or two forwards."""
+    joint_forward: bool = False
+    """``false`` (official): two forwards, the current batch first, then the previous batch's second view (each
+    normalised by its own BatchNorm statistics, the running ones updated in that order); ``true``: one forward over
+    both (shared statistics)."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KL over rows."""
 
@@ -37,7 +39,7 @@ class LastBatchSelfKD(Method):
     """DLB: the previous batch, re-forwarded on its second view, is distilled towards its logits of one step ago."""
 
     Options = DLBOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"joint_forward": True},
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"joint_forward": False},
                                                     "clean": {"joint_forward": True}}
     requirements = DataRequirements(views=("weak", "weak"))
     passes_per_step = 2.0  # B current + B previous images (the first step of training: B)
@@ -56,8 +58,9 @@ class LastBatchSelfKD(Method):
         else:
             if o.joint_forward:
                 z_prev, z_cur = model(torch.cat([prev["x"], x_cur])).split([len(prev["y"]), len(batch.y)])
-            else:
-                z_prev, z_cur = model(prev["x"]), model(x_cur)
+            else:  # the official order: current batch, then the previous one
+                z_cur = model(x_cur)
+                z_prev = model(prev["x"])
             losses = {"ce": cross_entropy(torch.cat([z_prev, z_cur]), torch.cat([prev["y"], batch.y])),
                       "kd": o.alpha * kd_loss(prev["logits"], z_prev, o.T, o.kl_reduction)}
         self.cache = {"x": x_next.detach(), "y": batch.y.detach(), "logits": z_cur.detach().float()}

@@ -41,10 +41,10 @@ class MeanTeacherOptions:
     of the teacher's logits, momentum ``center_momentum``); 0 keeps the plain temperature T (``kl`` only)."""
     center_momentum: float = 0.9
     """Momentum of the centre used with ``teacher_temp``."""
-    teacher_bn: Literal["copy", "average", "batch"] = "copy"
-    """The teacher's BatchNorm: ``copy`` = the student's running statistics (eval-mode forward); ``average`` =
-    an EMA of them like the weights; ``batch`` = the teacher normalises by its own batch's statistics (train-mode
-    forward, as Mean Teacher's code does) and keeps its own running statistics, which its evaluation uses."""
+    teacher_bn: Literal["copy", "average", "batch"] = "batch"
+    """The teacher's BatchNorm: ``batch`` = the teacher normalises by its own batch's statistics (train-mode forward,
+    as Mean Teacher's code does) and keeps its own running statistics, which its evaluation uses; ``copy`` = the
+    student's running statistics (eval-mode forward); ``average`` = an EMA of them like the weights."""
 
 
 BUFFERS: dict[str, Literal["average", "copy", "own"]] = {"copy": "copy", "average": "average", "batch": "own"}
@@ -55,8 +55,8 @@ class MeanTeacher(Method):
     """Mean teacher: CE on the student view + λ(e)·consistency with the EMA model's prediction on a weak view."""
 
     Options = MeanTeacherOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"consistency": "mse_prob"},
-                                                    "clean": {"consistency": "kl"}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"consistency": "mse_prob", "teacher_bn": "batch"},
+                                                    "clean": {"consistency": "kl", "teacher_bn": "batch"}}
 
     @classmethod
     def data_requirements(cls, options: MeanTeacherOptions) -> DataRequirements:
