@@ -109,6 +109,18 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert (f"| 1 | {float(first['train_loss_ce']):.3f} | {float(first['train_loss_kd']):.3f} | "
             f"{float(first['train_kd_raw']):.3f} | {float(first['val_top1']):.3f} |") in terms
 
+    # the screening form: validation numbers only, from several run folders
+    other = tmp_path / "more"
+    (tmp_path / "runs" / "ips-p_swap=0.5_resnet8_s1").rename(other)
+    screen = write_report([tmp_path / "runs", other], tmp_path / "screen", split="val").read_text()
+    assert "val top-1 (last)" in screen and "val top-1 (best epoch)" in screen and "test top-1" not in screen
+    assert "| `ips(p_swap=0.5)` | 2 |" in screen and "reliability" not in screen
+    with (other / "metrics.csv").open() as fh:
+        last_val = float(list(csv.DictReader(fh))[-1]["val_top1"])
+    with (tmp_path / "runs" / "ips-p_swap=0.5_resnet8_s0" / "metrics.csv").open() as fh:
+        last_val0 = float(list(csv.DictReader(fh))[-1]["val_top1"])
+    assert f"| `ips(p_swap=0.5)` | 2 | {(last_val + last_val0) / 2:.2f} ± " in screen
+
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
     update_readme(readme, report, "selfdistill bench --config grid.yaml")

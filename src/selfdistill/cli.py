@@ -112,12 +112,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .bench import write_report
 
-    out = write_report(args.runs_dir, args.out, baseline=args.baseline)
+    out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
     print(f"report written to {out}")
     if args.readme:
         from .bench.report import update_readme
 
-        update_readme(args.readme, out, args.command or f"selfdistill report {args.runs_dir}")
+        update_readme(args.readme, out, args.command or f"selfdistill report {' '.join(args.runs_dir)}")
         print(f"results block of {args.readme} updated")
     return 0
 
@@ -186,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="tables (markdown, CSV) and plots from a tree of runs")
-    r.add_argument("runs_dir", help="folder holding run directories (searched recursively)")
-    r.add_argument("--out", help="report folder (default: RUNS_DIR/../report)")
+    r.add_argument("runs_dir", nargs="+", help="folders holding run directories (searched recursively)")
+    r.add_argument("--out", help="report folder (default: the first RUNS_DIR/../report)")
+    r.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: tables and curves from the validation split only (for choosing settings)")
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
     r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
     r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")

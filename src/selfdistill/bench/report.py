@@ -44,9 +44,13 @@ class Run:
         return Path(stages[-1]["run"] if stages else self.summary["run"]) / "last.pt"
 
     def value(self, key: str) -> float:
-        """A scalar by path: ``last.test_top1``, ``best_val.test_top1``, ``seconds_per_epoch``, ..."""
+        """A scalar by path: ``last.test_top1``, ``best_val.test_top1``, ``seconds_per_epoch``, ...; ``last.val_*``
+        comes from the last evaluated epoch's row."""
         if key in self.timing:
             return self.timing[key]
+        if key.startswith("last.val_"):
+            column = key.removeprefix("last.")
+            return next((r[column] for r in reversed(self.rows) if column in r), float("nan"))
         node: Any = self.summary
         for part in key.split("."):
             node = None if node is None else node.get(part)
@@ -198,14 +202,16 @@ def task_metrics(cells: list[Cell]) -> list[str]:
     return cells[0].runs[0].summary.get("metrics") or CLASSIFICATION_METRICS
 
 
-def group_table(cells: list[Cell], baseline: str) -> list[str]:
-    """Markdown table of one (dataset, model) group."""
+def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[str]:
+    """Markdown table of one (dataset, model) group, on the ``test`` split (last epoch and at the best validation
+    epoch) or on the ``val`` split (last epoch and the best epoch: what model and setting choices may read)."""
     main, *others = task_metrics(cells)
     others = [m for m in others if m != "top5"]
-    key = f"last.test_{main}"
+    key = f"last.{split}_{main}"
     base = next((c for c in cells if c.label == baseline), None)
     base_step = statistics.fmean(_step_time(r) for r in base.runs) if base else float("nan")
-    head = ["method", "n", f"test {LABELS[main]} (last)", f"test {LABELS[main]} @ best val",
+    best_head = f"test {LABELS[main]} @ best val" if split == "test" else f"val {LABELS[main]} (best epoch)"
+    head = ["method", "n", f"{split} {LABELS[main]} (last)", best_head,
             *(f"{LABELS[m]} (last)" for m in others), f"Δ {LABELS[main]} vs {baseline} (paired)", "p (Welch)",
             "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -221,8 +227,8 @@ def group_table(cells: list[Cell], baseline: str) -> list[str]:
         step = statistics.fmean(_step_time(r) for r in cell.runs)
         lines.append("| " + " | ".join([
             f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(last)),
-            fmt(*mean_std(cell.values(f"best_val.test_{main}"))),
-            *(fmt(*mean_std(cell.values(f"last.test_{m}")), 3 if m == "nll" else 2) for m in others), gain, p_text,
+            fmt(*mean_std(cell.values(f"best_val.{split}_{main}"))),
+            *(fmt(*mean_std(cell.values(f"last.{split}_{m}")), 3 if m == "nll" else 2) for m in others), gain, p_text,
             f"{statistics.fmean(cell.values('seconds_per_epoch')):.1f}",
             f"{statistics.fmean(cell.values('images_per_s')):.0f}",
             f"{cell.runs[0].summary['passes_per_step']:g}",
@@ -231,14 +237,14 @@ def group_table(cells: list[Cell], baseline: str) -> list[str]:
     return lines
 
 
-def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
+def _plot_curves(cells: list[Cell], title: str, path: Path, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     main = task_metrics(cells)[0]
-    key = f"test_{main}"
+    key = f"{split}_{main}"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cell in cells:
         curves = [[r[key] for r in run.rows if key in r] for run in cell.runs]
@@ -253,7 +259,7 @@ def _plot_curves(cells: list[Cell], title: str, path: Path) -> None:
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std, strict=True)],
                         [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {LABELS[main]}")
+    ax.set_ylabel(f"{split} {LABELS[main]}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -471,22 +477,33 @@ def generation_lines(cells: list[Cell]) -> list[str]:
     return lines
 
 
-def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: str = "ce") -> Path:
-    """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dir``; returns the markdown path."""
-    runs = load_runs(runs_dir)
+def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | None = None, baseline: str = "ce",
+                 split: str = "test") -> Path:
+    """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dirs`` (one folder or several);
+    returns the markdown path. ``split='val'`` builds the tables and curves from the validation split only (a
+    screening of settings, which must not read the test split)."""
+    dirs = [Path(d) for d in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
+    runs = [run for d in dirs for run in load_runs(d)]
     if not runs:
-        raise FileNotFoundError(f"no finished runs (summary.json) under {runs_dir}")
-    out = Path(out) if out is not None else Path(runs_dir).parent / "report"
+        raise FileNotFoundError(f"no finished runs (summary.json) under {', '.join(map(str, dirs))}")
+    out = Path(out) if out is not None else dirs[0].parent / "report"
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for run in runs:
         groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
-    lines = ["# Benchmark report", "", f"Generated by `selfdistill report {runs_dir}` from {len(runs)} finished runs.",
-             "Metrics are on the test split; mean ± sample std over seeds. 'Last' is the final epoch; '@ best val'",
-             "is the test value at the epoch with the best validation value of the same metric (model selection",
-             "never looks at the test split). Δ is the per-seed paired difference to the baseline. s/epoch and",
-             "img/s are each run's medians over its epochs (a run of stages, e.g. born-again generations, adds",
-             "them up), then the mean over seeds; the step time is relative to the baseline's.", ""]
+    source = " ".join(map(str, dirs)) + (" --split val" if split == "val" else "")
+    if split == "val":
+        what = ["Metrics are on the validation split (held out of the training images): the numbers a choice of",
+                "setting may read. 'Last' is the final epoch, 'best epoch' the epoch of the best validation value;",
+                "mean ± sample std over seeds. Δ is the per-seed paired difference to the baseline, on the last",
+                "epoch's validation value."]
+    else:
+        what = ["Metrics are on the test split; mean ± sample std over seeds. 'Last' is the final epoch; '@ best val'",
+                "is the test value at the epoch with the best validation value of the same metric (model selection",
+                "never looks at the test split). Δ is the per-seed paired difference to the baseline."]
+    lines = ["# Benchmark report", "", f"Generated by `selfdistill report {source}` from {len(runs)} finished runs.",
+             *what, "s/epoch and img/s are each run's medians over its epochs (a run of stages, e.g. born-again",
+             "generations, adds them up), then the mean over seeds; the step time is relative to the baseline's.", ""]
     for (dataset, model), by_label in sorted(groups.items()):
         cells = sorted(by_label.values(), key=lambda c: (c.label != baseline, c.label))
         first = cells[0].runs[0].summary
@@ -497,14 +514,16 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, baseline: 
                   + ("; a label's `[key=value]` is a setting in which its runs differ from the others."
                      if any("[" in c.label for c in cells) else "."), ""]
         supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
-        lines += group_table(supervised, baseline) if supervised else []
-        lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)
-        lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)
+        lines += group_table(supervised, baseline, split) if supervised else []
+        if split == "test":
+            lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)
+            lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)
         cells = supervised or cells
-        _plot_curves(cells, f"{dataset} / {model}: test {LABELS[task_metrics(cells)[0]]}", out / f"curves_{slug}.png")
-        lines += ["", f"![test {LABELS[task_metrics(cells)[0]]}](curves_{slug}.png)", ""]
-        if _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
-                             out / f"reliability_{slug}.png"):
+        metric = f"{split} {LABELS[task_metrics(cells)[0]]}"
+        _plot_curves(cells, f"{dataset} / {model}: {metric}", out / f"curves_{slug}.png", split)
+        lines += ["", f"![{metric}](curves_{slug}.png)", ""]
+        if split == "test" and _plot_reliability(cells, f"{dataset} / {model}: reliability (last epoch, seeds pooled)",
+                                                 out / f"reliability_{slug}.png"):
             lines += [f"![reliability](reliability_{slug}.png)", ""]
         if _plot_diagnostics(cells, f"{dataset} / {model}: training diagnostics (mean over seeds)",
                              out / f"diagnostics_{slug}.png"):
