@@ -37,19 +37,19 @@ def test_two_generations_interrupted_and_resumed(tmp_path):
     summary = train(_cfg(tmp_path), resume=True, log=messages.append)
     assert any("resuming" in m and "gen2" in m and "epoch 2" in m for m in messages)
     assert {k: (top / f"gen{k}" / "summary.json").stat().st_mtime for k in (0, 1)} == done  # not retrained
-    assert [g["generation"] for g in summary["generations"]] == [0, 1, 2]
-    assert json.loads((top / "summary.json").read_text())["ensemble"] == summary["ensemble"]
+    assert [g["generation"] for g in summary.generations] == [0, 1, 2]
+    assert json.loads((top / "summary.json").read_text())["ensemble"] == summary.ensemble
     # generation k has seed + k and the previous generation as its teacher (measured at its start)
     gen2 = json.loads((top / "gen2" / "summary.json").read_text())
     assert gen2["seed"] == 2 and gen2["config"]["method"]["teacher"].endswith("gen1/last.pt")
     assert "teacher (generation 1)" in gen2["teachers"]
     # a one-generation ensemble equals that generation
-    assert summary["ensemble"][0]["generations"] == [1]
-    assert summary["ensemble"][0]["test_top1"] == pytest.approx(summary["generations"][1]["last"]["test_top1"])
-    assert summary["ensemble"][1]["generations"] == [1, 2]
+    assert summary.ensemble[0]["generations"] == [1]
+    assert summary.ensemble[0]["test_top1"] == pytest.approx(summary.generations[1]["last"]["test_top1"])
+    assert summary.ensemble[1]["generations"] == [1, 2]
     # the uninterrupted run gives the same result
     clean = train(_cfg(tmp_path / "clean"))
-    assert clean["ensemble"] == summary["ensemble"]
+    assert clean.ensemble == summary.ensemble
     # the report sees one run, not its generations
     runs = load_runs(tmp_path / "runs")
     assert len(runs) == 1 and runs[0].label == "ban(generations=2)"

@@ -24,7 +24,9 @@ from selfdistill.bench.report import (
 )
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
-from selfdistill.config import ConfigError, resolve_config
+from selfdistill.config import ConfigError
+from selfdistill.engine import RunSummary
+from selfdistill.run import resolve_config
 
 GRID = {
     "config": {"data": {"name": "synthetic", "synthetic_size": 192, "batch_size": 32, "image_size": 16,
@@ -221,7 +223,7 @@ def test_killing_the_bench_stops_its_training_run(tmp_path):
 
 def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
     def run(seed: int, per_class: dict[str, float]) -> Run:
-        return Run(summary={"seed": seed, "last_per_class": per_class}, rows=[])
+        return Run(summary=RunSummary(seed=seed, last_per_class=per_class), rows=[])
 
     nan = float("nan")  # a class absent from the test split
     ce = Cell("ce", [run(0, {"ap_cat": 10.0, "ap_dog": nan}), run(1, {"ap_cat": 20.0, "ap_dog": nan})])
@@ -236,13 +238,13 @@ def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
 def test_other_models_table_is_the_seed_mean_per_model():
     def run(seed: int, top1: float) -> Run:
         res = {"top1": top1, "ece": 2.0, "nll": 0.5}
-        return Run(summary={"seed": seed, "eval_models_last": {"teacher": res}}, rows=[])
+        return Run(summary=RunSummary(seed=seed, eval_models_last={"teacher": res}), rows=[])
 
-    lines = eval_model_lines([Cell("ce", [Run(summary={"seed": 0}, rows=[])]),
+    lines = eval_model_lines([Cell("ce", [Run(summary=RunSummary(seed=0), rows=[])]),
                               Cell("mean_teacher", [run(0, 50.0), run(1, 60.0)])])
     assert lines[3] == "| method | model | n | test top-1 | ECE % | NLL |"
     assert lines[5:] == ["| `mean_teacher` | teacher | 2 | 55.00 ± 7.07 | 2.00 ± 0.00 | 0.500 ± 0.000 |"]
-    assert eval_model_lines([Cell("ce", [Run(summary={"seed": 0}, rows=[])])]) == []
+    assert eval_model_lines([Cell("ce", [Run(summary=RunSummary(seed=0), rows=[])])]) == []
 
 
 def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
@@ -262,12 +264,12 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
     run_dir(tmp_path / "staged" / "gen0", [4.0, 5.0, 6.0], [40.0, 50.0, 60.0], seed=1)
     run_dir(tmp_path / "staged" / "gen1", [2.0, 3.0, 100.0], [200.0, 150.0, 1.0], seed=2)
     plain, staged = sorted(load_runs(tmp_path), key=lambda r: r.seed)
-    assert plain.value("seconds_per_epoch") == 12.0 and plain.value("images_per_s") == 90.0
-    assert staged.value("seconds_per_epoch") == 5.0 + 3.0
-    assert staged.value("images_per_s") == pytest.approx(1 / (1 / 50.0 + 1 / 150.0))
+    assert plain.seconds_per_epoch == 12.0 and plain.images_per_s == 90.0
+    assert staged.seconds_per_epoch == 5.0 + 3.0
+    assert staged.images_per_s == pytest.approx(1 / (1 / 50.0 + 1 / 150.0))
     # without timed rows the summary's value stands
     (tmp_path / "plain" / "metrics.csv").write_text("epoch\n1\n")
-    assert min(load_runs(tmp_path), key=lambda r: r.seed).value("seconds_per_epoch") == 99.0
+    assert min(load_runs(tmp_path), key=lambda r: r.seed).seconds_per_epoch == 99.0
 
 
 def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
@@ -276,10 +278,10 @@ def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
     rows = [{"epoch": 1.0, "train_loss_ce": 2.0, "train_loss_kd": 1.0, "train_logit_norm": 3.0},
             {"epoch": 2.0, "train_loss_ce": 1.0, "train_loss_kd": 4.0, "train_logit_norm": 5.0},
             {"epoch": 3.0, "train_loss_ce": 0.0, "train_loss_kd": 4.0}]  # a zero CE term has no ratio
-    run = Run(summary={"seed": 0}, rows=rows)
+    run = Run(summary=RunSummary(seed=0), rows=rows)
     assert _column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
     assert _column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
     assert _plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
-    bare = Run(summary={"seed": 0}, rows=[{"epoch": 1.0, "test_top1": 5.0}])
+    bare = Run(summary=RunSummary(seed=0), rows=[{"epoch": 1.0, "test_top1": 5.0}])
     assert not _plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()

@@ -7,10 +7,10 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.config import resolve_config
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 
 
 def _setup(model_name="resnet8", **opts):
@@ -75,5 +75,5 @@ def test_explicit_taps_and_bad_names():
 
 def test_end_to_end_evaluates_every_exit_and_the_ensemble(tmp_path):
     s = train(synthetic_config(tmp_path, method={"name": "byot"}, train={"epochs": 1}))
-    assert set(s["eval_models_last"]) == {"exit1", "exit2", "ensemble"}
-    assert all(math.isfinite(v["top1"]) for v in s["eval_models_last"].values())
+    assert set(s.eval_models_last) == {"exit1", "exit2", "ensemble"}
+    assert all(math.isfinite(v["top1"]) for v in s.eval_models_last.values())

@@ -1,6 +1,7 @@
 import pytest
 
-from selfdistill.config import ConfigError, RunConfig, parse_overrides, resolve_config
+from selfdistill.config import ConfigError, RunConfig, parse_overrides
+from selfdistill.run import resolve_config
 
 
 def test_defaults_resolve():

@@ -5,10 +5,10 @@ import torch
 
 from conftest import Fixed, synthetic_config
 from selfdistill import train
-from selfdistill.config import resolve_config
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 
 
 def _method(**opts):
@@ -68,4 +68,4 @@ def test_official_partner_forward_uses_its_own_batch_statistics():
 
 def test_cskd_trains_end_to_end(tmp_path):
     s = train(synthetic_config(tmp_path, method={"name": "cskd"}, train={"epochs": 2}))
-    assert s["last"]["test_top1"] > 30 and s["passes_per_step"] == 1.0
+    assert s.last["test_top1"] > 30 and s.passes_per_step == 1.0

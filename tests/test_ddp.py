@@ -25,8 +25,8 @@ import torch
 from conftest import REPO, synthetic_config
 from selfdistill import train
 from selfdistill.config import save_yaml
-from selfdistill.engine import evaluate
 from selfdistill.engine.checkpoint import load_checkpoint
+from selfdistill.run import evaluate
 
 
 def _free_port() -> int:
@@ -87,7 +87,7 @@ SYNC_BN_CHECK = """
 import copy, torch, torch.distributed as dist, torch.nn.functional as F
 from selfdistill.config import DataConfig, from_dict
 from selfdistill.data import DataModule
-from selfdistill.data.loader import DataRequirements
+from selfdistill.batch import DataRequirements
 from selfdistill.engine.distributed import convert_sync_batchnorm
 from selfdistill.models import build_model
 torch.set_num_threads(1)
@@ -131,7 +131,7 @@ assert torch.isclose(weighted, torch.tensor(12.0 / 6)), weighted  # (3 + 9) / (1
 assert torch.isclose(global_mean(total, count), total / count)  # no share: this rank's mean
 assert global_mean(torch.tensor(0.0), torch.tensor(0), share) == 0
 # DINO's and the mean teacher's centre: the batch mean over both ranks' rows, the same on every rank
-from selfdistill.methods.dino import update_center
+from selfdistill.engine.distributed import update_center
 centre = torch.zeros(1, 2)
 update_center(centre, torch.tensor([[1.0, 2.0]]) if r == 0 else torch.tensor([[3.0, 0.0], [5.0, 4.0]]), 0.5, 2)
 assert torch.allclose(centre, torch.tensor([[1.5, 1.0]])), centre  # 0.5 · mean([1, 2], [3, 0], [5, 4])
@@ -219,9 +219,9 @@ def test_segmentation_two_processes_match_one(tmp_path, method):
     def cfg(name: str) -> dict:
         return {"task": "segmentation", "name": name, "seed": 0, "out": str(tmp_path / "runs"),
                 "data": {"name": "camvid", "root": str(REPO.parent / "shared" / "datasets" / "camvid"),
-                         "batch_size": 4, "eval_batch_size": 8, "train_subset": 8,
-                         "dense": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "val_split": None,
-                                   "test_split": "val"}},
+                         "batch_size": 4, "eval_batch_size": 8, "train_subset": 8},
+                "segmentation": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "val_split": None,
+                                 "test_split": "val"},
                 "model": {"name": "lraspp_mobilenet_v3_large", "sync_bn": True}, "method": method,
                 "optim": {"lr": 0.001}, "sched": {"name": "constant"},
                 "train": {"epochs": 1, "device": "cpu", "progress": False, "tensorboard": False, "threads": 1}}
@@ -250,14 +250,14 @@ def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task)
 
     shared = REPO.parent / "shared" / "datasets"
     if task == "segmentation":
-        data = {"name": "camvid", "root": str(shared / "camvid"), "batch_size": 4, "train_subset": 8,
-                "dense": {"size": [48, 64], "val_split": None}}
+        data = {"name": "camvid", "root": str(shared / "camvid"), "batch_size": 4, "train_subset": 8}
+        section = {"size": [48, 64], "val_split": None}
         model = {"name": "lraspp_mobilenet_v3_large"}
     else:
-        data = {"name": "pennfudan", "root": str(shared / "pennfudan"), "batch_size": 2, "train_subset": 8,
-                "detection": {"size": 96}}
+        data = {"name": "pennfudan", "root": str(shared / "pennfudan"), "batch_size": 2, "train_subset": 8}
+        section = {"size": 96}
         model = {"name": "fasterrcnn_mobilenet_v3_large_fpn", "kwargs": {"box_batch_size_per_image": 32}}
-    cfg = {"task": task, "name": "run", "out": str(tmp_path), "data": data, "model": model,
+    cfg = {"task": task, "name": "run", "out": str(tmp_path), "data": data, task: section, "model": model,
            "optim": {"lr": 0.01}, "train": {"epochs": 1, "device": "cpu", "tensorboard": False, "progress": False}}
     summary = train(cfg, log=lambda _: None)
     ckpt = tmp_path / "run" / "last.pt"
@@ -276,8 +276,8 @@ def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task)
     assert two.keys() == one.keys() and two["n"] == one["n"]
     for k, v in one.items():
         assert two[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), k
-    main = summary["metrics"][0]
-    assert one[main] == pytest.approx(summary["last"][f"test_{main}"])
+    main = summary.metrics[0]
+    assert one[main] == pytest.approx(summary.last[f"test_{main}"])
     assert one[main] > 0  # a measured, non-trivial value
 
 

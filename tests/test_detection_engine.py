@@ -12,12 +12,12 @@ from PIL import Image
 
 from conftest import REPO
 from selfdistill import train
+from selfdistill.batch import Batch
 from selfdistill.bench.report import write_report
-from selfdistill.config import ConfigError, DataConfig, resolve_config
-from selfdistill.data.loader import Batch
+from selfdistill.config import ConfigError, DataConfig
 from selfdistill.data.sources import DataError
-from selfdistill.engine.trainer import evaluate
 from selfdistill.methods.base import MethodContext
+from selfdistill.run import evaluate, resolve_config
 from selfdistill.tasks.detection import (
     CocoEvaluator,
     DetDataModule,
@@ -31,6 +31,7 @@ from selfdistill.tasks.detection import (
     matched_box_kd,
     pool_boxes,
 )
+from selfdistill.tasks.detection.config import DetectionConfig
 from selfdistill.tasks.detection.methods import DetIPSOptions
 
 PENNFUDAN = REPO.parent / "shared" / "datasets" / "pennfudan"
@@ -38,14 +39,15 @@ PENNFUDAN = REPO.parent / "shared" / "datasets" / "pennfudan"
 
 # ------------------------------------------------------------------------------------------------------ data
 def _pf_config(**kw) -> DataConfig:
-    cfg = DataConfig(name="pennfudan", root=str(PENNFUDAN), batch_size=2, eval_batch_size=4, **kw)
-    cfg.detection.size = 96
-    return cfg
+    return DataConfig(name="pennfudan", root=str(PENNFUDAN), batch_size=2, eval_batch_size=4, **kw)
+
+
+SMALL = DetectionConfig(size=96)
 
 
 @pytest.fixture(scope="module")
 def pennfudan_small():
-    return DetDataModule(_pf_config(train_subset=12, val_fraction=0.25))
+    return DetDataModule(_pf_config(train_subset=12, val_fraction=0.25), SMALL)
 
 
 def test_canvases_keep_the_aspect_and_scale_the_boxes(pennfudan_small):
@@ -116,16 +118,13 @@ def _coco_folder(tmp_path, crowd: bool = True):
 def test_coco_format_maps_categories_in_id_order_and_leaves_crowds_out(tmp_path):
     root = _coco_folder(tmp_path)
     cfg = DataConfig(name="coco", root=str(root), batch_size=2)
-    cfg.detection.size = 40
-    cfg.detection.test_split = "val"
-    d = DetDataModule(cfg)
+    d = DetDataModule(cfg, DetectionConfig(size=40, test_split="val"))
     assert d.classes == ["cat", "dog"] and len(d.train) == 3 and len(d.test) == 1
     assert d.train.labels[0].tolist() == [2]  # the crowd cat of image a is left out
     assert d.train.labels[1].tolist() == [2, 1] and d.train.boxes[1].tolist() == [[2, 2, 12, 10], [20, 4, 32, 16]]
     assert d.presence.tolist() == [[False, True], [True, True], [True, True]]
-    cfg.detection.test_split = "nope"
     with pytest.raises(DataError, match=r"instances_nope\.json"):
-        DetDataModule(cfg)
+        DetDataModule(cfg, DetectionConfig(size=40, test_split="nope"))
 
 
 def test_dataset_errors_say_what_to_do(tmp_path):
@@ -134,15 +133,11 @@ def test_dataset_errors_say_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"unknown detection dataset 'penfudan'.*pennfudan"):
         DetDataModule(DataConfig(name="penfudan", root=str(tmp_path)))
     with pytest.raises(DataError, match="'train' and 'test'"):
-        cfg = _pf_config()
-        cfg.detection.test_split = "val"
-        DetDataModule(cfg)
+        DetDataModule(_pf_config(), DetectionConfig(size=96, test_split="val"))
     with pytest.raises(DataError, match="both name a validation split"):
-        cfg = _pf_config(val_fraction=0.2)
-        cfg.detection.val_split = "test"
-        DetDataModule(cfg)
+        DetDataModule(_pf_config(val_fraction=0.2), DetectionConfig(size=96, val_split="test"))
     with pytest.raises(DataError, match="train_subset=500 exceeds the 120"):
-        DetDataModule(_pf_config(train_subset=500))
+        DetDataModule(_pf_config(train_subset=500), SMALL)
 
 
 # --------------------------------------------------------------------------------------------- distillation
@@ -203,6 +198,10 @@ def test_matched_box_kd_teacher_is_the_more_confident_box_and_gets_no_gradient()
     assert torch.allclose(loss, expected[0])
     loss.backward()
     assert torch.equal(logits.grad[0], torch.zeros(2)) and logits.grad[1].abs().sum() > 0
+    # normalised like the classification loss: box 1 (the student) has 3 positives, the loss averages over 64 terms
+    scaled, _ = matched_box_kd(q, p1, labels, torch.tensor([1]), torch.tensor([0]), 2.0, "softmax",
+                               positives=torch.tensor([2, 3, 1]), terms=64)
+    assert torch.allclose(scaled, expected[0] * 3 / 64)
     assert not logits.grad[2].any()  # unmatched boxes take no part
     zero, _ = matched_box_kd(q, p1, labels, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                              2.0, "softmax")
@@ -239,11 +238,16 @@ def test_detectors_return_positives_assigned_to_their_boxes(name):
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 60.0], [30.0, 10.0, 60.0, 50.0]]),
                 "labels": torch.tensor([1, 2])},
                {"boxes": torch.tensor([[10.0, 8.0, 50.0, 56.0]]), "labels": torch.tensor([2])}]
+    seen = {}
+    if name.startswith("fasterrcnn"):  # the box classifier's rows: the RoIs its loss averages over
+        model.net.roi_heads.box_predictor.register_forward_hook(lambda m, i, o: seen.update(rois=o[0].shape[0]))
     out = model(torch.randn(2, 3, 64, 64), targets)
     assert out["softmax"] == name.startswith("fasterrcnn")
     assert out["logits"].shape == (len(out["gt"]), 3)
     assert set(out["gt"].tolist()) <= {0, 1, 2} and all(torch.isfinite(v) for v in out["losses"].values())
     assert out["iou"].shape == out["gt"].shape and (out["iou"] <= 1 + 1e-6).all()
+    # the classification loss's normaliser: every sampled RoI (Faster R-CNN), or the foreground anchors
+    assert out["cls_terms"] == (seen["rois"] if out["softmax"] else len(out["gt"]))
     if not name.startswith("fcos"):  # foreground means IoU >= 0.5 with the assigned box (FCOS assigns points)
         assert (out["iou"] >= 0.5).all()
     if out["softmax"]:  # Faster R-CNN adds every box to its proposals: each box has a positive of IoU 1
@@ -326,7 +330,7 @@ def test_ips_on_an_identical_pair_has_zero_distillation(pool):
 def _e2e_config(tmp_path, method, model="fasterrcnn_mobilenet_v3_large_fpn"):
     return {"task": "detection", "seed": 0, "out": str(tmp_path),
             "data": {"name": "pennfudan", "root": str(PENNFUDAN), "batch_size": 2, "eval_batch_size": 8,
-                     "train_subset": 6, "val_fraction": 0.34, "detection": {"size": 96, "test_count": 50}},
+                     "train_subset": 6, "val_fraction": 0.34}, "detection": {"size": 96, "test_count": 50},
             "model": {"name": model, "kwargs": {"box_batch_size_per_image": 32}},
             "method": method, "optim": {"name": "sgd", "lr": 0.01},
             "train": {"epochs": 2, "device": "cpu", "tensorboard": False, "progress": False}}
@@ -337,21 +341,21 @@ def _e2e_config(tmp_path, method, model="fasterrcnn_mobilenet_v3_large_fpn"):
 def test_detection_trains_resumes_exactly_and_evaluates(tmp_path, method):
     cfg = _e2e_config(tmp_path / "full", method)
     full = train(cfg, log=lambda _: None)
-    assert full["task"] == "detection" and full["metrics"] == ["map", "ap50", "ap75"]
-    assert 0.0 <= full["last"]["test_map"] <= 100.0 and "ap_person" in full["last_per_class"]
+    assert full.task == "detection" and full.metrics == ["map", "ap50", "ap75"]
+    assert 0.0 <= full.last["test_map"] <= 100.0 and "ap_person" in full.last_per_class
     short = _e2e_config(tmp_path / "split", method)
     short["train"]["epochs"] = 1
     train(short, log=lambda _: None)
     resumed = train(_e2e_config(tmp_path / "split", method), resume=True, log=lambda _: None)
-    assert resumed["last"] == full["last"]  # 1 epoch + resume = 2 epochs uninterrupted
+    assert resumed.last == full.last  # 1 epoch + resume = 2 epochs uninterrupted
     run = tmp_path / "full" / resolve_config(cfg).run_name()
     again = evaluate(run / "last.pt")
-    assert again["map"] == pytest.approx(full["last"]["test_map"])
+    assert again["map"] == pytest.approx(full.last["test_map"])
     report = write_report(tmp_path / "full", tmp_path / "report")
     assert "mAP %" in report.read_text()
     with (tmp_path / "report" / "runs.csv").open() as fh:
         row = next(csv.DictReader(fh))
-    assert float(row["test_map_last"]) == pytest.approx(full["last"]["test_map"])
+    assert float(row["test_map_last"]) == pytest.approx(full.last["test_map"])
 
 
 def test_detection_config_errors_name_the_task(tmp_path):

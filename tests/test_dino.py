@@ -7,13 +7,13 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.config import DataConfig, resolve_config
+from selfdistill.batch import DataRequirements, MultiCrop
+from selfdistill.config import DataConfig
 from selfdistill.data import DataModule
-from selfdistill.data.loader import DataRequirements
-from selfdistill.data.multicrop import MultiCrop
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.dino import dino_loss, knn_accuracy
 from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 
 
 def _reference_loss(student, teacher, center, tau_s, tau_t):
@@ -148,11 +148,11 @@ def test_dino_on_digits_evaluates_knn_and_probe_without_labels(tmp_path):
     cfg["data"].pop("synthetic_size")
     cfg["data"].pop("image_size")
     s = train(cfg)
-    knn = s["extra_last"]
-    assert not s["supervised"]
+    knn = s.extra_last
+    assert not s.supervised
     assert knn["knn_teacher_test_top1"] > 60 and knn["knn_student_test_top1"] > 60  # chance is 10 %
     assert knn["probe_student_test_top1"] > 60
-    assert math.isfinite(s["last"]["test_nll"])
+    assert math.isfinite(s.last["test_nll"])
     rows = (tmp_path / "runs").rglob("metrics.csv")
     assert "train_teacher_entropy" in next(rows).read_text().splitlines()[0]  # collapse monitors are logged
     from selfdistill.bench.report import write_report

@@ -1,4 +1,4 @@
-"""IPS: the swap (methods.md §1.11 invariants), the loss (golden values, gradients) and end-to-end training."""
+"""IPS: the swap (its invariants), the loss (golden values, gradients) and end-to-end training."""
 
 import math
 
@@ -7,12 +7,13 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import evaluate, train
-from selfdistill.augment import cell_counts, cells_to_mask, patch_swap, sample_cells, swap_with_mask
-from selfdistill.config import ConfigError, resolve_config
+from selfdistill.config import ConfigError
 from selfdistill.data import Batch, normalize
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.ips import IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.models import build_model
+from selfdistill.patch_swap import cell_counts, cells_to_mask, patch_swap, sample_cells, swap_with_mask
+from selfdistill.run import resolve_config
 
 
 def _pair(n=5, c=3, h=10, w=7, dtype=torch.float32, seed=0):
@@ -353,9 +354,9 @@ def test_options_cost_and_requirements():
                                    "kd_gate": "teacher_correct", "T_teacher": 8.0}])
 def test_ips_trains_end_to_end(tmp_path, opts):
     s = train(synthetic_config(tmp_path, method={"name": "ips", **opts}, train={"epochs": 2}))
-    assert s["last"]["test_top1"] > 30
+    assert s.last["test_top1"] > 30
     # the evaluation forward is the plain backbone on clean images (invariant 10)
-    assert evaluate(f"{s['run']}/last.pt")["top1"] == pytest.approx(s["last"]["test_top1"])
+    assert evaluate(f"{s.run}/last.pt")["top1"] == pytest.approx(s.last["test_top1"])
 
 
 @pytest.mark.slow
@@ -365,10 +366,10 @@ def test_ips_on_a_cifar10_subset(tmp_path, cifar10_root, cifar10_cache):
            "model": {"name": "resnet8"}, "method": {"name": "ips"}, "optim": {"lr": 0.05}, "sched": {"name": "cosine"},
            "train": {"epochs": 2, "device": "cpu", "progress": False}}
     s = train(cfg)
-    assert s["passes_per_step"] == 2.0 and s["last"]["test_top1"] > 15
+    assert s.passes_per_step == 2.0 and s.last["test_top1"] > 15
     import csv
 
-    with open(f"{s['run']}/metrics.csv") as fh:
+    with open(f"{s.run}/metrics.csv") as fh:
         row = list(csv.DictReader(fh))[-1]
     assert 0.0 < float(row["train_a_teaches"]) < 1.0 and 0.3 < float(row["train_swap_frac"]) < 0.7
     assert float(row["train_loss_kd"]) > 0

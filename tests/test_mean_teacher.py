@@ -8,11 +8,11 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.config import resolve_config
 from selfdistill.data import Batch
 from selfdistill.engine.checkpoint import load_checkpoint
 from selfdistill.engine.optim import ModelEMA
 from selfdistill.methods import MethodContext, build_method
+from selfdistill.run import resolve_config
 
 
 def _model():
@@ -127,13 +127,13 @@ def test_end_to_end_reports_the_teacher_and_resumes_exactly(tmp_path):
     with pytest.raises(Stop):
         train(cfg, log=stop)
     s = train(cfg, resume=True, log=lambda m: None)
-    assert math.isfinite(s["eval_models_last"]["teacher"]["top1"])
+    assert math.isfinite(s.eval_models_last["teacher"]["top1"])
     ref = train(synthetic_config(tmp_path / "b", name="mt", method={"name": "mean_teacher", "ema_decay": 0.9}),
                 log=lambda m: None)
     a = load_checkpoint(tmp_path / "a" / "runs" / "mt" / "last.pt")["method"]
     b = load_checkpoint(tmp_path / "b" / "runs" / "mt" / "last.pt")["method"]
     assert a["step"] == b["step"] and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
-    assert ref["eval_models_last"] == s["eval_models_last"]
+    assert ref.eval_models_last == s.eval_models_last
 
 
 def test_sharpened_centred_target_and_centre_update():

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import REPO
-from selfdistill.config import ConfigError, DataConfig, resolve_config
+from selfdistill.batch import Batch
+from selfdistill.config import ConfigError, DataConfig
 from selfdistill.data import DataError
-from selfdistill.data.loader import Batch
 from selfdistill.engine.checkpoint import CheckpointError
 from selfdistill.methods import MethodContext
+from selfdistill.run import resolve_config
 from selfdistill.tasks.segmentation import (
     DenseIPS,
     PresencePairSampler,
@@ -26,6 +27,7 @@ from selfdistill.tasks.segmentation import (
     sample_scale_crop_flip,
     scale_crop_flip,
 )
+from selfdistill.tasks.segmentation.config import SegmentationConfig
 from selfdistill.tasks.segmentation.methods import DenseIPSOptions
 
 IGNORE = 255
@@ -234,8 +236,8 @@ def test_init_backbone_copies_a_classification_run(tmp_path):
 def _config(tmp_path, method: dict, epochs: int = 1) -> dict:
     return {
         "task": "segmentation", "seed": 0, "out": str(tmp_path / "runs"),
-        "data": {"name": "camvid", "root": str(CAMVID), "batch_size": 4, "eval_batch_size": 16, "train_subset": 8,
-                 "dense": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "test_split": "val"}},
+        "data": {"name": "camvid", "root": str(CAMVID), "batch_size": 4, "eval_batch_size": 16, "train_subset": 8},
+        "segmentation": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "test_split": "val"},
         "model": {"name": "lraspp_mobilenet_v3_large"}, "method": method,
         "optim": {"lr": 0.01}, "sched": {"name": "constant"},
         "train": {"epochs": epochs, "device": "cpu", "progress": False, "tensorboard": False},
@@ -244,21 +246,20 @@ def _config(tmp_path, method: dict, epochs: int = 1) -> dict:
 
 def test_validation_is_the_val_split_or_a_seeded_fraction_of_train_never_both():
     def data(**kw) -> DataConfig:
-        cfg = DataConfig(name="camvid", root=str(CAMVID), train_subset=10, **kw)
-        cfg.dense.size, cfg.dense.test_split = [18, 24], "val"
-        return cfg
+        return DataConfig(name="camvid", root=str(CAMVID), train_subset=10, **kw)
 
-    split = SegDataModule(data())
+    seg = SegmentationConfig(size=[18, 24], test_split="val")
+    split = SegDataModule(data(), seg)
     assert len(split.train) == 10 and len(split.val) == 101  # CamVid's own val split
     cfg = data(val_fraction=0.3)
-    cfg.dense.val_split = None
-    held = SegDataModule(cfg)
+    own = SegmentationConfig(size=[18, 24], test_split="val", val_split=None)
+    held = SegDataModule(cfg, own)
     assert (len(held.train), len(held.val)) == (7, 3)
     assert sorted(held.train.names + held.val.names) == sorted(split.train.names)  # held out of the same subset
     cfg.val_fraction = 0.0
-    assert SegDataModule(cfg).val is None
+    assert SegDataModule(cfg, own).val is None
     with pytest.raises(DataError, match="both name a validation split"):
-        SegDataModule(data(val_fraction=0.3))
+        SegDataModule(data(val_fraction=0.3), seg)
 
 
 def test_segmentation_methods_are_per_task():
@@ -276,15 +277,15 @@ def test_segmentation_trains_resumes_and_evaluates_on_camvid(tmp_path, method):
     from selfdistill.bench.report import write_report
 
     full = train(_config(tmp_path / "full", method, epochs=2))
-    assert full["task"] == "segmentation" and full["metrics"] == ["miou", "pixel_acc"]
-    assert 0 <= full["last"]["test_miou"] <= 100 and "iou_Road" in full["last_per_class"]
-    assert full["best_val"]["epoch"] in (1, 2)
+    assert full.task == "segmentation" and full.metrics == ["miou", "pixel_acc"]
+    assert 0 <= full.last["test_miou"] <= 100 and "iou_Road" in full.last_per_class
+    assert full.best_val["epoch"] in (1, 2)
     # one epoch, then resumed to two: the same history as the uninterrupted run
     train(_config(tmp_path / "split", method, epochs=1))
     resumed = train(_config(tmp_path / "split", method, epochs=2), resume=True)
-    assert resumed["last"] == full["last"]
+    assert resumed.last == full.last
     ck = tmp_path / "full" / "runs" / f"camvid_lraspp_mobilenet_v3_large_{method['name']}_s0" / "last.pt"
-    assert evaluate(ck)["miou"] == pytest.approx(full["last"]["test_miou"], abs=1e-9)
+    assert evaluate(ck)["miou"] == pytest.approx(full.last["test_miou"], abs=1e-9)
     report = write_report(tmp_path / "full" / "runs", tmp_path / "report").read_text()
     assert "mIoU % (last)" in report and "Road" in report
     rows = json.loads((ck.parent / "summary.json").read_text())["last_per_class"]

@@ -3,8 +3,9 @@ import torch
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.engine import CheckpointError, SampleMemory, load_frozen_model
+from selfdistill.engine import CheckpointError, SampleMemory
 from selfdistill.engine.checkpoint import atomic_save, load_checkpoint
+from selfdistill.run import load_run_model
 
 
 def test_sample_memory_read_write_and_checkpoint(tmp_path):
@@ -23,9 +24,9 @@ def test_sample_memory_read_write_and_checkpoint(tmp_path):
 
 def test_frozen_model_reproduces_the_run(tmp_path):
     s = train(synthetic_config(tmp_path, train={"epochs": 1}))
-    teacher = load_frozen_model(f"{s['run']}/last.pt")
+    teacher = load_run_model(f"{s.run}/last.pt")
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    weights = load_checkpoint(f"{s['run']}/last.pt")["model"]
+    weights = load_checkpoint(f"{s.run}/last.pt")["model"]
     assert all(torch.equal(v, weights[k]) for k, v in teacher.state_dict().items())
     with pytest.raises(CheckpointError, match="no EMA"):
-        load_frozen_model(f"{s['run']}/last.pt", ema=True)
+        load_run_model(f"{s.run}/last.pt", ema=True)

@@ -105,9 +105,9 @@ def test_magnitude_is_validated():
 
 
 def test_loader_serves_weak_and_strong_views():
+    from selfdistill.batch import DataRequirements
     from selfdistill.config import DataConfig
     from selfdistill.data import DataModule
-    from selfdistill.data.loader import DataRequirements
 
     dm = DataModule(DataConfig(name="synthetic", synthetic_size=32, batch_size=8, num_classes=4))
     b = next(dm.train_loader(DataRequirements(views=("weak", "strong")), seed=0).iterate(1))

@@ -9,14 +9,13 @@ import torch.nn.functional as F
 from conftest import Fixed, id_images, synthetic_config
 from selfdistill import train
 from selfdistill.bench.report import write_report
-from selfdistill.config import resolve_config
 from selfdistill.data import Batch
-from selfdistill.engine.trainer import evaluate
 from selfdistill.losses import kd_loss, kl_rows
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.dkd import dkd_terms
 from selfdistill.methods.sld import swap_logits
 from selfdistill.methods.teacher import Teacher, TeacherError
+from selfdistill.run import evaluate, resolve_config
 
 CTX = MethodContext(3, 8, 4, 1, torch.device("cpu"), mean=(0.5,), std=(0.5,))
 
@@ -220,14 +219,14 @@ def test_end_to_end_with_a_trained_teacher(tmp_path, teacher_ckpt, method):
     if method["name"] != "sld_self":
         method = {**method, "teacher": str(teacher_ckpt)}
     summary = train(synthetic_config(tmp_path, method=method))
-    assert summary["epochs"] == 2 and math.isfinite(summary["last"]["test_top1"])
+    assert summary.epochs == 2 and math.isfinite(summary.last["test_top1"])
     if method["name"] != "sld_self":
-        measured = summary["teachers"]["teacher"]["test"]["top1"]
+        measured = summary.teachers["teacher"]["test"]["top1"]
         assert measured == pytest.approx(evaluate(teacher_ckpt)["top1"], abs=1e-9)
         report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
         assert "Teachers, measured at the start" in report and f"| {measured:.2f} |" in report
     else:
-        assert summary["teachers"] == {}
+        assert summary.teachers == {}
 
 
 def test_teacher_errors_are_clear(tmp_path, teacher_ckpt):
@@ -245,4 +244,4 @@ def test_teacher_errors_are_clear(tmp_path, teacher_ckpt):
     # a plain state dict with the right architecture works
     summary = train(synthetic_config(tmp_path, name="plain", train={"epochs": 1},
                                      method={"name": "kd", "teacher": str(plain), "teacher_model": "resnet14"}))
-    assert summary["teachers"]["teacher"]["test"]["top1"] == pytest.approx(evaluate(teacher_ckpt)["top1"])
+    assert summary.teachers["teacher"]["test"]["top1"] == pytest.approx(evaluate(teacher_ckpt)["top1"])

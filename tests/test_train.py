@@ -10,11 +10,12 @@ import torch
 from conftest import synthetic_config
 from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
-from selfdistill.engine import CheckpointError, NonFiniteLossError, RunExistsError
+from selfdistill.engine import CheckpointError
 from selfdistill.engine import checkpoint as ckmod
 from selfdistill.engine.checkpoint import load_checkpoint
 from selfdistill.methods import METHODS, Method, StepOutput, register_method
 from selfdistill.methods.ce import CrossEntropy
+from selfdistill.run import NonFiniteLossError, RunExistsError
 
 
 def _run_dir(cfg):
@@ -31,17 +32,17 @@ def test_synthetic_run_writes_everything(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert {"train_loss", "train_loss_ce", "test_top1", "test_top5", "test_nll", "test_ece", "val_top1",
             "images_per_s", "lr"} <= set(rows[0])
-    assert s["last"]["test_top1"] == pytest.approx(float(rows[-1]["test_top1"]))
-    assert s["last"]["test_top1"] > 50  # 10 classes: chance is 10 %
+    assert s.last["test_top1"] == pytest.approx(float(rows[-1]["test_top1"]))
+    assert s.last["test_top1"] > 50  # 10 classes: chance is 10 %
     best = max(rows, key=lambda r: (float(r["val_top1"]), -int(r["epoch"])))
-    assert s["best_val"]["epoch"] == int(best["epoch"])  # chosen on validation, reported on test
-    assert s["best_val"]["test_top1"] == pytest.approx(float(best["test_top1"]))
-    assert s["num_train"] + s["num_val"] == 512
-    assert s["seconds_per_epoch"] == pytest.approx(statistics.median(float(r["train_time_s"]) for r in rows))
+    assert s.best_val["epoch"] == int(best["epoch"])  # chosen on validation, reported on test
+    assert s.best_val["test_top1"] == pytest.approx(float(best["test_top1"]))
+    assert s.num_train + s.num_val == 512
+    assert s.seconds_per_epoch == pytest.approx(statistics.median(float(r["train_time_s"]) for r in rows))
     assert json.loads((run / "summary.json").read_text())["env"]["torch"] == torch.__version__
     # the saved model evaluates to the logged last-epoch metrics
     ev = evaluate(run / "last.pt")
-    assert ev["top1"] == pytest.approx(s["last"]["test_top1"]) and ev["nll"] == pytest.approx(s["last"]["test_nll"])
+    assert ev["top1"] == pytest.approx(s.last["test_top1"]) and ev["nll"] == pytest.approx(s.last["test_nll"])
 
 
 def _final_weights(cfg):
@@ -93,7 +94,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, every_steps):
     with open(f"{_run_dir(cut)}/metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert s["epochs"] == 3
+    assert s.epochs == 3
 
 
 def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):
@@ -102,7 +103,7 @@ def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.1 -> 0\.2"):
         train(cfg, ["optim.lr=0.2"], resume=True)
     s = train(cfg, ["train.epochs=2"], resume=True)
-    assert s["epochs"] == 2
+    assert s.epochs == 2
 
 
 def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
@@ -116,7 +117,7 @@ def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
     torch.save(ck, path)
     with pytest.raises(ConfigError, match=r"data\.augment\.cutout: None -> 0\.3"):
         train(cfg, ["train.epochs=2", "data.augment.cutout=0.3"], resume=True)
-    assert train(cfg, ["train.epochs=2"], resume=True)["epochs"] == 2
+    assert train(cfg, ["train.epochs=2"], resume=True).epochs == 2
 
 
 def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -178,17 +179,17 @@ def test_nan_loss_stops_with_the_step_and_term(tmp_path, nan_method):
                                                                "warmup_epochs": 0.5})])
 def test_optimiser_and_schedule_variants_train(tmp_path, optim, sched):
     s = train(synthetic_config(tmp_path, optim=optim, sched=sched))
-    assert s["last"]["test_top1"] > 20
+    assert s.last["test_top1"] > 20
 
 
 def test_label_smoothing_amp_channels_last_and_ema(tmp_path):
     cfg = synthetic_config(tmp_path, method={"name": "label_smoothing", "epsilon": 0.1},
                            model={"channels_last": True}, train={"amp": "bf16", "ema_decay": 0.9})
     s = train(cfg)
-    assert s["ema_last"] is not None and s["last"]["test_top1"] > 20
+    assert s.ema_last is not None and s.last["test_top1"] > 20
     run = tmp_path / "runs" / "synthetic_resnet8_label_smoothing_s0"
     ema = evaluate(run / "last.pt", ema=True)
-    assert ema["top1"] == pytest.approx(s["ema_last"]["top1"], abs=1.0)  # bf16 eval in training, fp32 here
+    assert ema["top1"] == pytest.approx(s.ema_last["top1"], abs=1.0)  # bf16 eval in training, fp32 here
 
 
 def test_digits_end_to_end(tmp_path):
@@ -196,7 +197,7 @@ def test_digits_end_to_end(tmp_path):
                                                                                          "hflip": False}},
                            train={"epochs": 4})
     s = train(cfg)
-    assert s["last"]["test_top1"] > 80
+    assert s.last["test_top1"] > 80
 
 
 @pytest.mark.slow
@@ -208,15 +209,15 @@ def test_cifar10_imagefolder_subset(tmp_path_factory, cifar10_root, cifar10_cach
            "model": {"name": "resnet8"}, "optim": {"lr": 0.1}, "sched": {"name": "cosine"},
            "train": {"epochs": 2, "device": "cpu", "progress": False}}
     s = train(cfg)
-    assert s["num_train"] == 1000 and s["num_val"] == 1000 and s["num_test"] == 10000
-    assert 15 < s["last"]["test_top1"] < 100  # above chance (10 %) after 2 short epochs
+    assert s.num_train == 1000 and s.num_val == 1000 and s.num_test == 10000
+    assert 15 < s.last["test_top1"] < 100  # above chance (10 %) after 2 short epochs
     assert len(list(cache.glob("imagefolder-*.pt"))) == 2
 
 
 def test_ce_2x_sees_two_views_per_image(tmp_path):
-    from selfdistill.config import resolve_config
     from selfdistill.data import Batch
     from selfdistill.methods import MethodContext, build_method
+    from selfdistill.run import resolve_config
 
     spec = resolve_config({"method": {"name": "ce_2x"}}).method
     m = build_method(spec, MethodContext(3, 4, 1, 1, torch.device("cpu")))
@@ -232,14 +233,14 @@ def test_ce_2x_sees_two_views_per_image(tmp_path):
     assert seen == [8] and out.logits.shape == (4, 3)
     assert float(out.losses["ce"].detach()) == pytest.approx(math.log(3))
     s = train(synthetic_config(tmp_path, method={"name": "ce_2x"}, train={"epochs": 1}))
-    assert s["passes_per_step"] == 2.0
+    assert s.passes_per_step == 2.0
 
 
 def test_compiled_training_runs_on_cpu(tmp_path):
     """``model.compile`` trains under TorchInductor on CPU (the first compile takes tens of seconds)."""
     s = train(synthetic_config(tmp_path, model={"name": "resnet8", "compile": True},
                                data={"synthetic_size": 64, "drop_last": True}, train={"epochs": 1}))
-    assert math.isfinite(s["last"]["test_nll"])
+    assert math.isfinite(s.last["test_nll"])
 
 
 def test_term_gradient_norms_are_logged_and_change_nothing(tmp_path):
@@ -264,14 +265,11 @@ def test_term_gradient_norms_are_logged_and_change_nothing(tmp_path):
 
 
 def test_term_gradient_norm_golden():
-    from selfdistill.config import resolve_config
-    from selfdistill.engine import Trainer
+    from selfdistill.engine.optim import term_grad_norms
 
-    trainer = Trainer(resolve_config({"train": {"device": "cpu"}}))
-    trainer.model = torch.nn.Linear(2, 1, bias=False)
+    model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
-        trainer.model.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    x = torch.tensor([[3.0, 4.0]])
-    out = trainer.model(x).sum()  # d/dw = x → norm 5; 2·out → 10
-    norms = trainer._grad_norms({"a": out, "b": 2 * out, "c": torch.tensor(1.0)})
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    out = model(torch.tensor([[3.0, 4.0]])).sum()  # d/dw = x → norm 5; 2·out → 10
+    norms = term_grad_norms({"a": out, "b": 2 * out, "c": torch.tensor(1.0)}, list(model.parameters()))
     assert norms["a"].item() == pytest.approx(5.0) and norms["b"].item() == pytest.approx(10.0) and "c" not in norms

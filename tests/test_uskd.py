@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from conftest import synthetic_config
 from selfdistill import train
-from selfdistill.config import resolve_config
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.uskd import uskd_nontarget_targets, uskd_target_weights
 from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 
 
 def test_target_weights_have_batch_mean_one():
@@ -62,4 +62,4 @@ def test_target_term_by_hand_and_weak_head_leaves_logits_alone():
 
 def test_end_to_end(tmp_path):
     s = train(synthetic_config(tmp_path, method={"name": "uskd"}, train={"epochs": 1}))
-    assert math.isfinite(s["last"]["test_nll"])
+    assert math.isfinite(s.last["test_nll"])

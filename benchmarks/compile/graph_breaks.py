@@ -19,10 +19,11 @@ import torch
 import torch._dynamo as dynamo
 
 from selfdistill import train
-from selfdistill.config import DataConfig, from_dict, resolve_config
+from selfdistill.config import DataConfig, from_dict
 from selfdistill.data import DataModule
 from selfdistill.methods import MethodContext, build_method, list_methods
 from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 
 TEACHER_METHODS = {"kd", "dkd", "sld", "tfkd_self"}
 

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from selfdistill import __version__
-from selfdistill.config import resolve_config
-from selfdistill.data.augment import crop_flip, normalize, sample_crop_flip
-from selfdistill.engine.trainer import Trainer, train
+from selfdistill.data.transforms import crop_flip, normalize, sample_crop_flip
 from selfdistill.methods import describe_method, list_methods
+from selfdistill.run import Trainer, resolve_config, train
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
@@ -67,8 +66,6 @@ class Engine:
     def __init__(self, cfg: dict) -> None:
         self.t = Trainer(resolve_config(cfg), log=lambda m: None)
         self.t._setup()
-        self.t.history, self.t.global_step, self.t.train_time = [], 0, 0.0
-        self.t.extra_keys = set()
         self.epoch = 0
 
     def images_per_s(self) -> float:

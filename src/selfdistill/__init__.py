@@ -1,14 +1,14 @@
 """selfdistill: self-distillation for computer vision."""
 
-__version__ = "0.1.0"
-
-from .config import ConfigError, RunConfig, resolve_config
+from .config import ConfigError, RunConfig
 from .data import list_datasets
-from .engine import evaluate, train
+from .engine import RunSummary
 from .methods import list_methods
 from .models import build_model, list_models
+from .run import evaluate, resolve_config, train
+from .version import __version__
 
 __all__ = [
-    "ConfigError", "RunConfig", "__version__", "build_model", "evaluate", "list_datasets", "list_methods",
-    "list_models", "resolve_config", "train",
+    "ConfigError", "RunConfig", "RunSummary", "__version__", "build_model", "evaluate", "list_datasets",
+    "list_methods", "list_models", "resolve_config", "train",
 ]

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, config_reference, set_by_path
+from .config import ConfigError, config_reference, options_table, set_by_path
 from .data import DataError
-from .engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate, train
+from .engine import CheckpointError, RunSummary
 from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method, method_reference
 from .registry import UnknownNameError
+from .run import NonFiniteLossError, RunExistsError, evaluate, train
 from .tasks import get_task, list_tasks
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
@@ -42,15 +43,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    metrics = s.get("metrics") or ["top1", "top5", "nll", "ece"]
-    main = metrics[0]
-    last = ", ".join(f"{m} {s['last'][f'test_{m}']:.4g}" for m in metrics)
-    print(f"\nrun {s['run']}: last epoch test {last}")
-    if s["best_val"]:
-        b = s["best_val"]
-        print(f"best-validation epoch {b['epoch']}: val {main} {b[f'val_{main}']:.2f}, test {main} "
-              f"{b[f'test_{main}']:.2f}")
+def _print_summary(s: RunSummary) -> None:
+    main = s.primary
+    last = ", ".join(f"{m} {s.test(m):.4g}" for m in s.metrics)
+    print(f"\nrun {s.run}: last epoch test {last}")
+    if s.best_val:
+        print(f"best-validation epoch {s.best_val['epoch']}: val {main} {s.at_best_val('val', main):.2f}, test {main} "
+              f"{s.at_best_val('test', main):.2f}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -61,8 +60,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def full_reference() -> str:
-    """``docs/config.md``: every config key, then every method's options, task by task."""
-    lines = [config_reference(), "## `method` — options of each method, by task", "",
+    """``docs/config.md``: every config key, each task's own section, then every method's options, task by task."""
+    lines = [config_reference()]
+    for task_name in list_tasks():
+        task = get_task(task_name)
+        if task.Options is not None:
+            lines += [f"## `{task_name}` — the {task_name} task's own section: {task.Options.__doc__}", "",
+                      *options_table(task.Options, f"{task_name}.")[0], ""]
+    lines += ["## `method` — options of each method, by task", "",
              "`method.name` picks the method; `method.preset` fills a named set of options first, and keys given",
              "beside it override the preset.", ""]
     for task_name in list_tasks():
@@ -86,6 +91,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
                           f"{d['passes_per_step']}  presets: {d['presets'] or '-'}")
     elif args.what == "config":
         print(full_reference())
+    elif args.what == "tasks":
+        for task_name in list_tasks():
+            task = get_task(task_name)
+            print(f"{task_name:16s} metrics {', '.join(task.metrics)}; section "
+                  f"{task_name + ':' if task.Options is not None else '-'}")
     else:
         for task_name in list_tasks():
             task = get_task(task_name)
@@ -139,9 +149,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir)
         s = train(cfg)
         summaries.append(s)
-        b = s["best_val"] or {}
-        rows.append((s["method"], f"{s['last']['test_top1']:.2f}", f"{b.get('test_top1', float('nan')):.2f}",
-                     f"{s['last']['test_nll']:.4f}", f"{s['last']['test_ece']:.2f}", f"{s['seconds_per_epoch']:.2f}"))
+        rows.append((s.method, f"{s.test('top1'):.2f}", f"{s.at_best_val('test', 'top1'):.2f}",
+                     f"{s.test('nll'):.4f}", f"{s.test('ece'):.2f}", f"{s.seconds_per_epoch:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for i, r in enumerate(rows):
@@ -149,7 +158,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     s = summaries[0]
-    print(f"\n{s['num_train']} train / {s['num_val']} validation / {s['num_test']} test images, one seed: a smoke "
+    print(f"\n{s.num_train} train / {s.num_val} validation / {s.num_test} test images, one seed: a smoke "
           f"test of the pipeline, not a benchmark (see benchmarks/). Runs in {args.out}/")
     return 0
 
@@ -173,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     e.set_defaults(func=_cmd_eval)
 
-    ls = sub.add_parser("list", help="list methods, models, datasets or config keys")
-    ls.add_argument("what", choices=["methods", "models", "datasets", "config"])
+    ls = sub.add_parser("list", help="list methods, models, datasets, tasks or config keys")
+    ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "config"])
     ls.add_argument("--verbose", "-v", action="store_true", help="show each method's options and requirements")
     ls.set_defaults(func=_cmd_list)
 

@@ -13,6 +13,7 @@ import itertools
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,54 +50,6 @@ class AugmentConfig:
     """``strong`` views: Cutout side is drawn in ``[0, cutout)`` × the image width (0 disables Cutout)."""
     cutout_fill: list[int] = field(default_factory=lambda: [125, 123, 114])
     """``strong`` views: Cutout fill colour (uint8 per channel)."""
-
-
-@dataclass
-class DenseConfig:
-    """Image + label-map data of the ``segmentation`` task."""
-
-    size: list[int] | None = None
-    """Resize every image (bilinear) and label map (nearest) to ``[H, W]`` on load: the reduced resolution of
-    CPU runs (``None`` keeps the files' size, which must then be equal)."""
-    crop: list[int] | None = None
-    """Training crop ``[h, w]`` taken after the random scaling (``None``: the loaded size)."""
-    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    """Range of the random per-image scale factor of training images (``[1, 1]`` disables scaling)."""
-    ignore_index: int = 255
-    """Label of pixels without a class (the dataset's void label is mapped to it); excluded from losses and
-    metrics."""
-    min_pixels: int = 64
-    """A class is present in an image (for pairing) when it covers at least this many pixels."""
-    exclude_background: bool = True
-    """Never pair on the dataset's background class (datasets without one, e.g. CamVid, ignore this)."""
-    train_split: str = "train"
-    """Training split name (CamVid: a folder; VOC: a list in ``ImageSets/Segmentation``)."""
-    val_split: str | None = "val"
-    """Validation split for model selection (``None``: a seeded ``data.val_fraction`` of the training images, none
-    when it is 0)."""
-    test_split: str = "test"
-    """Test split (VOC has no public test labels: use ``val`` and set ``val_split: null``)."""
-
-
-@dataclass
-class DetectionDataConfig:
-    """Image + box data of the ``detection`` task."""
-
-    size: int = 320
-    """Side of the square canvas: each image is resized on load so that its longer side is ``size`` (aspect kept)
-    and placed top-left on a zero canvas; boxes are scaled with it and the test metrics are measured at this size
-    (the reduced resolution of CPU runs)."""
-    train_split: str = "train"
-    """COCO layout: ``annotations/instances_<split>.json`` with images in ``<split>/``; Penn-Fudan: ``train``."""
-    val_split: str | None = None
-    """Validation split for model selection (``None``: ``data.val_fraction`` of the training images, seeded)."""
-    test_split: str = "test"
-    """Test split (Penn-Fudan: ``test``, the last ``test_count`` images by name)."""
-    test_count: int = 50
-    """Penn-Fudan: how many images, last by name, form the test split."""
-    min_box: float = 1.0
-    """Boxes narrower or lower than this many pixels after the resize are dropped (a detector cannot train on a
-    degenerate box)."""
 
 
 @dataclass
@@ -142,10 +95,6 @@ class DataConfig:
     """Images per split for the ``synthetic`` dataset."""
     num_classes: int | None = None
     """Classes for ``synthetic`` (default 10); ignored elsewhere."""
-    dense: DenseConfig = field(default_factory=DenseConfig)
-    """Segmentation data (``task: segmentation``)."""
-    detection: DetectionDataConfig = field(default_factory=DetectionDataConfig)
-    """Detection data (``task: detection``)."""
 
 
 @dataclass
@@ -247,9 +196,9 @@ class TrainConfig:
 class RunConfig:
     """A complete experiment."""
 
-    task: Literal["classification", "segmentation", "detection"] = "classification"
-    """What the run trains: an image classifier, a semantic segmenter or an object detector (methods are per
-    task)."""
+    task: str = "classification"
+    """What the run trains (``selfdistill list tasks``): ``classification``, ``segmentation``, ``detection``.
+    Methods are per task, and a task may own a section of settings named after it (e.g. ``segmentation:``)."""
     seed: int = 0
     """Seed of initialisation, data order and augmentation."""
     name: str | None = None
@@ -268,6 +217,9 @@ class RunConfig:
     """LR schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """The task's own section, written in YAML under the task's name (``segmentation: {size: ...}``) and validated
+    by the task."""
 
     def run_name(self) -> str:
         """Run directory name: ``name`` or ``<dataset>_<model>_<method>_s<seed>``."""
@@ -355,8 +307,39 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data (YAML-safe) form of a config dataclass."""
-    return dataclasses.asdict(cfg)
+    """Plain-data (YAML-safe) form of a config dataclass; a run config's task section is written under the task's
+    name, as in YAML."""
+    data = dataclasses.asdict(cfg)
+    if isinstance(cfg, RunConfig):
+        options = data.pop("task_options")
+        if options:
+            data[cfg.task] = options
+    return data
+
+
+# keys that moved: a config written before is read with a warning
+MOVED = {("data", "dense"): "segmentation", ("data", "detection"): "detection"}
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from plain data, with every key and type checked. The section named after the task
+    (``segmentation: {...}``) is kept as ``task_options`` for the task to validate; method options are validated by
+    the method (:func:`selfdistill.run.resolve_config` does both)."""
+    data = copy.deepcopy(data)
+    for (parent, key), task in MOVED.items():
+        if isinstance(data.get(parent), dict) and key in data[parent]:
+            moved = data[parent].pop(key)
+            if data.get("task", "classification") == task:
+                warnings.warn(f"config key '{parent}.{key}' is now the top-level section '{task}:'; read as such",
+                              DeprecationWarning, stacklevel=2)
+                data.setdefault(task, moved)
+    task = data.get("task", "classification")
+    if isinstance(task, str) and task in data and task not in {f.name for f in dataclasses.fields(RunConfig)}:
+        section = data.pop(task)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{task}: expected a mapping of the task's settings, got {section!r}")
+        data["task_options"] = section
+    return from_dict(RunConfig, data)
 
 
 def set_by_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -394,13 +377,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(
-    source: RunConfig | dict[str, Any] | str | Path | None = None, overrides: list[str] | None = None
-) -> RunConfig:
-    """Turn a YAML path, a dict or a :class:`RunConfig` plus ``key=value`` overrides into a validated config.
-
-    Method options are checked against the method's own options dataclass.
-    """
+def config_data(source: RunConfig | dict[str, Any] | str | Path | None = None,
+                overrides: list[str] | None = None) -> dict[str, Any]:
+    """The plain data of a YAML path, a dict or a :class:`RunConfig`, with ``key=value`` overrides applied."""
     if isinstance(source, RunConfig):
         data = to_dict(source)
     elif isinstance(source, dict):
@@ -411,11 +390,7 @@ def resolve_config(
         data = load_yaml(source)
     for key, value in parse_overrides(overrides or []):
         set_by_path(data, key, value)
-    cfg = from_dict(RunConfig, data)
-    from .tasks import get_task  # local import: tasks and methods depend on config
-
-    cfg.method = get_task(cfg.task).validate_method(cfg.method)
-    return cfg
+    return data
 
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
@@ -448,6 +423,8 @@ def options_table(cls: type, prefix: str = "") -> tuple[list[str], list[tuple[ty
     docs = _field_docs(cls)
     rows, nested = ["| key | type | default | meaning |", "|---|---|---|---|"], []
     for f in dataclasses.fields(cls):
+        if f.name == "task_options":  # written under the task's name: documented with the task
+            continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             nested.append((tp, f"{prefix}{f.name}."))

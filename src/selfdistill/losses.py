@@ -1,8 +1,9 @@
-"""Loss functions shared by the methods. All are computed in fp32 with autocast off (methods.md §0.2):
+"""Loss functions shared by the methods. All are computed in fp32 with autocast off:
 log-probabilities come from ``log_softmax``, target probabilities use ``xlogy`` so that 0·log 0 = 0."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -82,8 +83,25 @@ def kd_rows_from_probs(target_probs: Tensor, student_logits: Tensor, T: float = 
 
 def kd_loss(teacher_logits: Tensor, student_logits: Tensor, T: float = 4.0,
             reduction: KLReduction = "batchmean") -> Tensor:
-    """Standard distillation term ``KD_T(t, s) = T² · KL(σ_T(t) ‖ σ_T(s))`` (methods.md §0.1).
+    """Standard distillation term ``KD_T(t, s) = T² · KL(σ_T(t) ‖ σ_T(s))``.
 
     The teacher logits are used as given: detach them first where the method says so.
     """
     return reduce_rows(kd_rows(teacher_logits, student_logits, T), reduction, student_logits.shape[1])
+
+
+def min_ranks(scores: Tensor) -> Tensor:
+    """Per-row ranks by descending score, 1-based, ties sharing the smaller rank (``rankdata(-s, "min")``)."""
+    neg = -scores
+    return torch.searchsorted(neg.sort(1).values.contiguous(), neg.contiguous(), side="left") + 1
+
+
+def zipf_targets(scores: Tensor, y: Tensor, power: float = 1.0, rank_scope: Literal["all", "nontarget"] = "all"
+                 ) -> Tensor:
+    """Zipf soft labels over the non-target classes: ``q_c ∝ 1/rank(c)^power``, 0 at the label, rows sum to 1."""
+    gt = F.one_hot(y, scores.shape[1]).bool()
+    s = scores.float()
+    if rank_scope == "nontarget":
+        s = s.masked_fill(gt, -math.inf)
+    q = min_ranks(s).float().pow(-power).masked_fill(gt, 0.0)
+    return q / q.sum(1, keepdim=True)

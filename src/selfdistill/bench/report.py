@@ -9,14 +9,15 @@ step time relative to the baseline. Also a CSV of every run, test-accuracy curve
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.summary import RunSummary
 from .runner import method_label
 
 
@@ -24,7 +25,7 @@ from .runner import method_label
 class Run:
     """One finished run: its summary and per-epoch rows."""
 
-    summary: dict[str, Any]
+    summary: RunSummary
     rows: list[dict[str, float]]
     label: str = ""
     group: tuple[str, str] = ("", "")
@@ -34,27 +35,30 @@ class Run:
 
     @property
     def seed(self) -> int:
-        return int(self.summary["seed"])
+        return self.summary.seed
 
     @property
     def checkpoint(self) -> Path:
         """The checkpoint of the model the run exports: its ``last.pt``, or its last stage's (a born-again
         generation) for a staged run."""
-        stages = self.summary.get("generations")
-        return Path(stages[-1]["run"] if stages else self.summary["run"]) / "last.pt"
+        return self.summary.checkpoint()
 
-    def value(self, key: str) -> float:
-        """A scalar by path: ``last.test_top1``, ``best_val.test_top1``, ``seconds_per_epoch``, ...; ``last.val_*``
-        comes from the last evaluated epoch's row."""
-        if key in self.timing:
-            return self.timing[key]
-        if key.startswith("last.val_"):
-            column = key.removeprefix("last.")
-            return next((r[column] for r in reversed(self.rows) if column in r), float("nan"))
-        node: Any = self.summary
-        for part in key.split("."):
-            node = None if node is None else node.get(part)
-        return float("nan") if node is None else float(node)
+    def metric(self, split: str, metric: str, at: str = "last") -> float:
+        """``split``'s (``test`` or ``val``) value of ``metric`` at the last epoch (``at='last'``; validation values
+        come from the last evaluated epoch's row) or at the best-validation epoch (``at='best'``)."""
+        if at == "best":
+            return self.summary.at_best_val(split, metric)
+        if split == "test":
+            return self.summary.test(metric)
+        return next((r[f"{split}_{metric}"] for r in reversed(self.rows) if f"{split}_{metric}" in r), math.nan)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.timing.get("seconds_per_epoch", self.summary.seconds_per_epoch)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.timing.get("images_per_s", self.summary.images_per_s)
 
 
 @dataclass
@@ -64,8 +68,9 @@ class Cell:
     label: str
     runs: list[Run] = field(default_factory=list)
 
-    def values(self, key: str) -> list[float]:
-        return [r.value(key) for r in sorted(self.runs, key=lambda r: r.seed)]
+    def values(self, value: Callable[[Run], float]) -> list[float]:
+        """``value`` of each run, by seed."""
+        return [value(r) for r in sorted(self.runs, key=lambda r: r.seed)]
 
 
 def _read_rows(run_dir: Path) -> list[dict[str, float]]:
@@ -108,10 +113,10 @@ def load_runs(root: str | Path) -> list[Run]:
     for path in paths:
         if any(is_run_dir(d) for d in path.parent.parents if d == root or root in d.parents):
             continue
-        summary = json.loads(path.read_text())
+        summary = RunSummary.load(path)
         stages = [d for d in sorted(run_dirs) if d.parent == path.parent]
         rows = _read_rows(path.parent)
-        cfg = summary["config"]
+        cfg = summary.config
         label = method_label(cfg["method"], cfg.get("task", "classification"))
         timing = epoch_timing([_read_rows(d) for d in stages] if stages else [rows])
         runs.append(Run(summary, rows, label, (cfg["data"]["name"], cfg["model"]["name"]), timing))
@@ -140,7 +145,7 @@ def _label_settings(runs: list[Run]) -> None:
     for run in runs:
         groups[run.group].append(run)
     for members in groups.values():
-        flats = [_flat(r.summary["config"]) for r in members]
+        flats = [_flat(r.summary.config) for r in members]
         shared = set.intersection(*(set(f) for f in flats)) if flats else set()
         suffix: dict[int, list[str]] = defaultdict(list)
         for key in sorted(k for k in shared if not k.startswith(_NOT_A_SETTING)):
@@ -178,28 +183,26 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def paired_gain(cell: Cell, base: Cell, key: str) -> tuple[float, float, int]:
-    """Mean ± std of per-seed differences ``cell − base`` over the seeds both have."""
-    a = {r.seed: r.value(key) for r in cell.runs}
-    b = {r.seed: r.value(key) for r in base.runs}
+def paired_gain(cell: Cell, base: Cell, value: Callable[[Run], float]) -> tuple[float, float, int]:
+    """Mean ± std of per-seed differences ``cell − base`` of ``value`` over the seeds both have."""
+    a = {r.seed: value(r) for r in cell.runs}
+    b = {r.seed: value(r) for r in base.runs}
     diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     m, s = mean_std(diffs)
     return m, s, len(diffs)
 
 
 def _step_time(run: Run) -> float:
-    steps = run.summary.get("steps_per_epoch") or float("nan")
-    return run.value("seconds_per_epoch") / steps
+    return run.seconds_per_epoch / (run.summary.steps_per_epoch or math.nan)
 
 
 LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %",
           "map": "mAP %", "ap50": "AP50 %", "ap75": "AP75 %"}
-CLASSIFICATION_METRICS = ["top1", "top5", "ece", "nll"]
 
 
 def task_metrics(cells: list[Cell]) -> list[str]:
     """The runs' metrics, the primary one first (summaries before tasks existed are classification)."""
-    return cells[0].runs[0].summary.get("metrics") or CLASSIFICATION_METRICS
+    return cells[0].runs[0].summary.metrics
 
 
 def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[str]:
@@ -207,7 +210,10 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
     epoch) or on the ``val`` split (last epoch and the best epoch: what model and setting choices may read)."""
     main, *others = task_metrics(cells)
     others = [m for m in others if m != "top5"]
-    key = f"last.{split}_{main}"
+
+    def last(run: Run) -> float:
+        return run.metric(split, main)
+
     base = next((c for c in cells if c.label == baseline), None)
     base_step = statistics.fmean(_step_time(r) for r in base.runs) if base else float("nan")
     best_head = f"test {LABELS[main]} @ best val" if split == "test" else f"val {LABELS[main]} (best epoch)"
@@ -216,22 +222,22 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
             "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for cell in cells:
-        last = cell.values(key)
+        values = cell.values(last)
         if base is not None and cell is not base:
-            g, gs, n = paired_gain(cell, base, key)
+            g, gs, n = paired_gain(cell, base, last)
             gain = f"{g:+.2f} ± {gs:.2f} (n={n})" if not math.isnan(gs) else f"{g:+.2f} (n={n})"
-            p = welch_p(last, base.values(key))
+            p = welch_p(values, base.values(last))
             p_text = "–" if math.isnan(p) else f"{p:.3f}"
         else:
             gain, p_text = "–", "–"
         step = statistics.fmean(_step_time(r) for r in cell.runs)
         lines.append("| " + " | ".join([
-            f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(last)),
-            fmt(*mean_std(cell.values(f"best_val.{split}_{main}"))),
-            *(fmt(*mean_std(cell.values(f"last.{split}_{m}")), 3 if m == "nll" else 2) for m in others), gain, p_text,
-            f"{statistics.fmean(cell.values('seconds_per_epoch')):.1f}",
-            f"{statistics.fmean(cell.values('images_per_s')):.0f}",
-            f"{cell.runs[0].summary['passes_per_step']:g}",
+            f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(values)),
+            fmt(*mean_std(cell.values(lambda r: r.metric(split, main, "best")))),
+            *(fmt(*mean_std(cell.values(lambda r, m=m: r.metric(split, m))), 3 if m == "nll" else 2) for m in others),
+            gain, p_text, f"{statistics.fmean(cell.values(lambda r: r.seconds_per_epoch)):.1f}",
+            f"{statistics.fmean(cell.values(lambda r: r.images_per_s)):.0f}",
+            f"{cell.runs[0].summary.passes_per_step:g}",
             "–" if math.isnan(base_step) else f"{step / base_step:.2f}",
         ]) + " |")
     return lines
@@ -338,17 +344,17 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [c for c in cells if all(r.summary.get("last_test_reliability") for r in c.runs)]
+    cells = [c for c in cells if all(r.summary.last_test_reliability for r in c.runs)]
     if not cells:
         return False
     fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.4), squeeze=False)
     for ax, cell in zip(axes[0], cells, strict=True):
-        bins = len(cell.runs[0].summary["last_test_reliability"]["count"])
+        bins = len(cell.runs[0].summary.last_test_reliability["count"])
         count = [0.0] * bins
         conf = [0.0] * bins
         acc = [0.0] * bins
         for run in cell.runs:  # pool the seeds: sums weighted by bin counts
-            rel = run.summary["last_test_reliability"]
+            rel = run.summary.last_test_reliability
             for i in range(bins):
                 count[i] += rel["count"][i]
                 conf[i] += rel["confidence"][i] * rel["count"][i]
@@ -359,7 +365,7 @@ def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ece = statistics.fmean(cell.values("last.test_ece"))
+        ece = statistics.fmean(cell.values(lambda r: r.metric("test", "ece")))
         ax.set_title(f"{cell.label}\nECE {ece:.2f}%", fontsize=8)
         ax.set_xlabel("confidence")
     axes[0][0].set_ylabel("accuracy")
@@ -382,39 +388,38 @@ def _write_csv(runs: list[Run], path: Path) -> None:
         w.writerow(cols)
         for r in runs:
             s = r.summary
-            best = s.get("best_val") or {}
-            main = (s.get("metrics") or CLASSIFICATION_METRICS)[0]
-            w.writerow([*r.group, r.label, r.seed, s["epochs"], s["num_train"], s["num_val"],
-                        *(s["last"].get(f"test_{m}", "") for m in every), main,
+            best, main = s.best_val or {}, s.primary
+            w.writerow([*r.group, r.label, r.seed, s.epochs, s.num_train, s.num_val,
+                        *(s.last.get(f"test_{m}", "") for m in every), main,
                         best.get("epoch", ""), best.get(f"val_{main}", ""), best.get(f"test_{main}", ""),
-                        r.value("seconds_per_epoch"), r.value("images_per_s"), s["passes_per_step"], s["run"]])
+                        r.seconds_per_epoch, r.images_per_s, s.passes_per_step, s.run])
 
 
 def self_supervised_lines(cells: list[Cell]) -> list[str]:
     """Self-supervised runs: their own evaluation metrics (k-NN, linear probe), mean ± std over seeds."""
     if not cells:
         return []
-    keys = sorted({k for c in cells for r in c.runs for k in r.summary.get("extra_last", {})})
+    keys = sorted({k for c in cells for r in c.runs for k in r.summary.extra_last})
     lines = ["", "Self-supervised (labels unused in training; accuracy of frozen features, last epoch):", "",
              "| method | n | " + " | ".join(keys) + " | s/epoch |", "|" + "---|" * (len(keys) + 3)]
     for cell in cells:
-        vals = [fmt(*mean_std([r.summary["extra_last"][k] for r in cell.runs if k in r.summary["extra_last"]]))
+        vals = [fmt(*mean_std([r.summary.extra_last[k] for r in cell.runs if k in r.summary.extra_last]))
                 for k in keys]
         lines.append(f"| `{cell.label}` | {len(cell.runs)} | " + " | ".join(vals)
-                     + f" | {statistics.fmean(cell.values('seconds_per_epoch')):.1f} |")
+                     + f" | {statistics.fmean(cell.values(lambda r: r.seconds_per_epoch)):.1f} |")
     return lines
 
 
 def per_class_lines(cells: list[Cell]) -> list[str]:
     """Per-class results of the last epoch (segmentation IoU, detection AP), mean over seeds; none for
     classification, nor for one class (the main table already holds it)."""
-    keys = [k for k in cells[0].runs[0].summary.get("last_per_class", {})] if cells else []
+    keys = list(cells[0].runs[0].summary.last_per_class) if cells else []
     if len(keys) < 2:
         return []
     lines = ["", "Per class (last epoch, test, mean over seeds):", "",
              "| method | " + " | ".join(k.split("_", 1)[-1] for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for cell in cells:
-        vals = [statistics.fmean(r.summary["last_per_class"][k] for r in cell.runs) for k in keys]
+        vals = [statistics.fmean(r.summary.last_per_class[k] for r in cell.runs) for k in keys]
         lines.append(f"| `{cell.label}` | " + " | ".join("–" if math.isnan(v) else f"{v:.1f}" for v in vals) + " |")
     return lines
 
@@ -424,8 +429,8 @@ def teacher_lines(cells: list[Cell]) -> list[str]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in cells:
         for run in cell.runs:
-            for name, res in (run.summary.get("teachers") or {}).items():
-                path = run.summary["config"]["method"].get("teacher", "")
+            for name, res in run.summary.teachers.items():
+                path = run.summary.config["method"].get("teacher", "")
                 seen.setdefault((cell.label, f"{name}: `{path}`"), res)
     if not seen:
         return []
@@ -442,9 +447,8 @@ def eval_model_lines(cells: list[Cell]) -> list[str]:
     teacher's EMA model), test split, last epoch, mean ± std over seeds."""
     rows = []
     for cell in cells:
-        names = list(cell.runs[0].summary.get("eval_models_last") or {})
-        for name in names:
-            res = [r.summary.get("eval_models_last", {}).get(name, {}) for r in cell.runs]
+        for name in cell.runs[0].summary.eval_models_last:
+            res = [r.summary.eval_models_last.get(name, {}) for r in cell.runs]
             vals = [fmt(*mean_std([float(x.get(k, float("nan"))) for x in res]), 3 if k == "nll" else 2)
                     for k in ("top1", "ece", "nll")]
             rows.append(f"| `{cell.label}` | {name} | {len(res)} | " + " | ".join(vals) + " |")
@@ -458,19 +462,19 @@ def generation_lines(cells: list[Cell]) -> list[str]:
     """Per-generation and ensemble test top-1 (last epoch) of multi-generation runs, mean ± std over seeds."""
     lines: list[str] = []
     for cell in cells:
-        runs = [r for r in cell.runs if r.summary.get("generations")]
+        runs = [r for r in cell.runs if r.summary.generations]
         if not runs:
             continue
         lines += ["", f"Generations of `{cell.label}` (test top-1, last epoch; ensemble = mean softmax):", "",
                   "| generation | test top-1 | ensemble of | ensemble test top-1 |", "|---|---|---|---|"]
-        n_gen = min(len(r.summary["generations"]) for r in runs)
+        n_gen = min(len(r.summary.generations) for r in runs)
         for k in range(n_gen):
-            acc = fmt(*mean_std([r.summary["generations"][k]["last"]["test_top1"] for r in runs]))
-            ens = [e for e in runs[0].summary["ensemble"] if e["generations"][-1] == k]
+            acc = fmt(*mean_std([r.summary.generations[k]["last"]["test_top1"] for r in runs]))
+            ens = [e for e in runs[0].summary.ensemble or [] if e["generations"][-1] == k]
             if ens:
-                idx = runs[0].summary["ensemble"].index(ens[0])
+                idx = runs[0].summary.ensemble.index(ens[0])
                 members = ", ".join(str(g) for g in ens[0]["generations"])
-                ens_acc = fmt(*mean_std([r.summary["ensemble"][idx]["test_top1"] for r in runs]))
+                ens_acc = fmt(*mean_std([r.summary.ensemble[idx]["test_top1"] for r in runs]))
             else:
                 members, ens_acc = "–", "–"
             lines.append(f"| {k} | {acc} | {members} | {ens_acc} |")
@@ -509,11 +513,11 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
         first = cells[0].runs[0].summary
         slug = f"{dataset}_{model}".replace(":", "-").replace("/", "-")
         lines += [f"## {dataset} / {model}", "",
-                  f"{first['num_train']} training images, {first['num_val']} validation, {first['num_test']} test; "
-                  f"{first['epochs']} epochs; batch {first['config']['data']['batch_size']}"
+                  f"{first.num_train} training images, {first.num_val} validation, {first.num_test} test; "
+                  f"{first.epochs} epochs; batch {first.config['data']['batch_size']}"
                   + ("; a label's `[key=value]` is a setting in which its runs differ from the others."
                      if any("[" in c.label for c in cells) else "."), ""]
-        supervised = [c for c in cells if c.runs[0].summary.get("supervised", True)]
+        supervised = [c for c in cells if c.runs[0].summary.supervised]
         lines += group_table(supervised, baseline, split) if supervised else []
         if split == "test":
             lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)

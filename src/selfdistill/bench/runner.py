@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_yaml, resolve_config, save_yaml, set_by_path, to_dict
+from ..config import ConfigError, load_yaml, save_yaml, set_by_path, to_dict
 from ..methods import describe_method
+from ..run import resolve_config
 from ..tasks import get_task
 
 

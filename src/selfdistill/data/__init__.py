@@ -1,10 +1,11 @@
 """Datasets, splits, samplers and on-device batched augmentation."""
 
-from .augment import crop_flip, normalize, sample_crop_flip
-from .loader import Batch, DataModule, DataRequirements, TrainLoader
+from ..batch import Batch, DataRequirements
+from .loader import DataModule, TrainLoader
 from .samplers import IndexBatch, PairSampler, ShuffleSampler
 from .sources import DATASETS, DataError, RawData, Split, list_datasets
 from .splits import make_splits
+from .transforms import crop_flip, normalize, sample_crop_flip
 
 __all__ = [
     "DATASETS", "Batch", "DataError", "DataModule", "DataRequirements", "IndexBatch", "PairSampler", "RawData",

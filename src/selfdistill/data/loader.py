@@ -3,97 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import Tensor
 
+from ..batch import Batch, DataRequirements, MultiCrop
 from ..config import DataConfig
-from .augment import crop_flip, normalize, sample_crop_flip
-from .multicrop import MultiCrop, resized_crops, sample_crops
-from .samplers import SAMPLERS, IndexBatch, eval_ranges, rank_slice
+from .multicrop import resized_crops, sample_crops
+from .samplers import SAMPLERS, assemble_batch, eval_ranges, global_batch, step_seed
 from .sources import DATASETS, DataError, RawData, Split
 from .splits import make_splits
 from .strong import sample_strong, strong_augment
+from .transforms import crop_flip, normalize, sample_crop_flip
 
 PIPELINES = ("weak", "strong")
-
-
-@dataclass
-class Batch:
-    """One training step's data on the device.
-
-    ``x`` is the first augmented view (normalised float), ``y`` the labels (class indices, label maps, or for
-    detection one target dict per image with ``boxes``, ``labels`` and ``size``), ``views`` all ``n`` views
-    (``views[0] is x``), ``index`` the dataset indices, ``partner`` the same-class partners' batch under the
-    class-pair sampler.
-    ``seed`` is a per-step seed, equal on every rank: a method that draws random numbers for the batch draws
-    them for all ``global_size`` rows from ``generator()`` and keeps ``rows``, its rank's slice, so results do
-    not depend on the world size and a resumed run draws the same numbers.
-    """
-
-    x: Tensor
-    y: Tensor | list[dict[str, Tensor]]
-    index: Tensor
-    views: list[Tensor] = field(default_factory=list)
-    partner: Batch | None = None
-    seed: int = 0
-    global_size: int = -1
-    rows: slice = field(default_factory=lambda: slice(None))
-
-    def generator(self) -> torch.Generator:
-        """A fresh CPU generator seeded with this step's seed."""
-        return torch.Generator().manual_seed(self.seed)
-
-    def __len__(self) -> int:
-        return self.index.numel()
-
-
-@dataclass(frozen=True)
-class DataRequirements:
-    """What a method needs from the data pipeline (methods.md §0.3)."""
-
-    sampler: str = "shuffle"
-    """``shuffle`` or ``pair`` (class-pair sampler: anchors plus same-class partners)."""
-    views: tuple[str, ...] = ("weak",)
-    """One pipeline name per independently augmented view: ``weak`` (crop + flip) or ``strong`` (crop + flip,
-    then RandAugment + Cutout, :mod:`selfdistill.data.strong`)."""
-    batch_scale: float = 1.0
-    """Anchors per step as a fraction of ``data.batch_size`` (e.g. ½ when partners count towards the batch)."""
-    multicrop: MultiCrop | None = None
-    """Multi-crop views instead of ``views``: global crops first, then local crops (DINO)."""
-
-
-def global_batch(batch_size: int, batch_scale: float, world: int) -> int:
-    """Anchors per step over all ranks (``data.batch_size`` × the method's ``batch_scale``), checked to split evenly
-    over ``world`` ranks."""
-    batch = round(batch_size * batch_scale)
-    if batch < 1 or batch % world:
-        raise ValueError(f"{batch} anchors per step (data.batch_size={batch_size} × {batch_scale}) is the global "
-                         f"batch and must be a positive multiple of the world size {world}")
-    return batch
-
-
-def assemble_batch(ib: IndexBatch, seed: int, rank: int, world: int,
-                   make: Callable[[Tensor, torch.Generator, int, slice], Batch]) -> Batch:
-    """One step's batch on this rank: ``make(indices, generator, global rows, rank slice)`` builds the anchors' and
-    then the partners' batch from one generator seeded with ``seed`` (the step seed), so every rank draws the same
-    numbers for all global rows; the batch carries ``seed + 1`` for the method's own draws."""
-    gen = torch.Generator().manual_seed(seed)
-    n = ib.anchor.numel()
-    sl = rank_slice(n, rank, world)
-    local = ib.shard(rank, world)
-    batch = make(local.anchor, gen, n, sl)
-    if local.partner is not None:
-        batch.partner = make(local.partner, gen, n, sl)
-    batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
-    return batch
-
-
-def step_seed(seed: int, epoch: int, step: int) -> int:
-    """The seed of one training step's random draws (augmentation uses it, methods use it + 1)."""
-    return (seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**62)
 
 
 class DataModule:

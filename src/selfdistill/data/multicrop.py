@@ -16,21 +16,6 @@ from torch import Tensor
 from .strong import _blend, _gray
 
 
-@dataclass(frozen=True)
-class MultiCrop:
-    """``n_global`` crops of ``global_size`` px at area fraction ``global_scale`` and ``n_local`` crops of
-    ``local_size`` px at ``local_scale`` (methods.md §8.4, CIFAR-scale defaults)."""
-
-    n_global: int = 2
-    n_local: int = 4
-    global_size: int = 32
-    local_size: int = 16
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    jitter: float = 0.4
-    """Brightness/contrast/saturation jitter strength (applied with probability 0.8); grayscale with p 0.2."""
-
-
 @dataclass
 class CropParams:
     """Per-image crop box (centre and size as fractions of the image), flip and colour factors."""

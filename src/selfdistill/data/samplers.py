@@ -7,10 +7,13 @@ global batch is split across ranks in contiguous slices; pairs (anchor, partner)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ..batch import Batch
 
 
 @dataclass
@@ -102,3 +105,34 @@ class PairSampler(ShuffleSampler):
 
 
 SAMPLERS = {"shuffle": ShuffleSampler, "pair": PairSampler}
+
+
+def global_batch(batch_size: int, batch_scale: float, world: int) -> int:
+    """Anchors per step over all ranks (``data.batch_size`` × the method's ``batch_scale``), checked to split evenly
+    over ``world`` ranks."""
+    batch = round(batch_size * batch_scale)
+    if batch < 1 or batch % world:
+        raise ValueError(f"{batch} anchors per step (data.batch_size={batch_size} × {batch_scale}) is the global "
+                         f"batch and must be a positive multiple of the world size {world}")
+    return batch
+
+
+def assemble_batch(ib: IndexBatch, seed: int, rank: int, world: int,
+                   make: Callable[[Tensor, torch.Generator, int, slice], Batch]) -> Batch:
+    """One step's batch on this rank: ``make(indices, generator, global rows, rank slice)`` builds the anchors' and
+    then the partners' batch from one generator seeded with ``seed`` (the step seed), so every rank draws the same
+    numbers for all global rows; the batch carries ``seed + 1`` for the method's own draws."""
+    gen = torch.Generator().manual_seed(seed)
+    n = ib.anchor.numel()
+    sl = rank_slice(n, rank, world)
+    local = ib.shard(rank, world)
+    batch = make(local.anchor, gen, n, sl)
+    if local.partner is not None:
+        batch.partner = make(local.partner, gen, n, sl)
+    batch.seed, batch.global_size, batch.rows = seed + 1, n, sl
+    return batch
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of one training step's random draws (augmentation uses it, methods use it + 1)."""
+    return (seed * 6_700_417 + epoch * 100_003 + step * 31 + 17) % (2**62)

@@ -118,7 +118,7 @@ def _cifar(cfg: DataConfig, hundred: bool) -> RawData:
         Split(torch.tensor(s.targets, dtype=torch.long), torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous())
         for s in splits
     )
-    if hundred:  # P-CRD statistics (methods.md §0.5)
+    if hundred:  # the statistics of the common CIFAR-100 KD benchmarks
         mean, std = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]
     else:
         mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .samplers import IndexBatch, rank_slice
+from .samplers import IndexBatch, rank_slice, step_seed
 from .sources import DataError, Split
 
 if TYPE_CHECKING:
-    from .loader import Batch, DataModule, TrainLoader
+    from ..batch import Batch
+    from .loader import DataModule, TrainLoader
 
 
 class FileDataset(Dataset):
@@ -69,7 +70,7 @@ def _loader(data: DataModule, dataset: Dataset, batches, generator: torch.Genera
 
 def train_batches(loader: TrainLoader, plan: list[IndexBatch], epoch: int, start_step: int) -> Iterator[Batch]:
     """This rank's batches of a streamed epoch; pairs are fetched as one index list and split again."""
-    from .loader import Batch, step_seed
+    from ..batch import Batch
 
     data = loader.data
     local = [ib.shard(data.rank, data.world) for ib in plan[start_step:]]

@@ -2,7 +2,7 @@
 
 Per image, ``n`` ops are drawn uniformly with replacement from :data:`OPS`; each is applied with probability ½
 at a magnitude ``v`` drawn uniformly from ``1..m`` (of 10). Then a square of side ``U(0, cutout)·W`` centred
-uniformly in the image is filled with ``fill`` (methods.md §2.5). Every op runs once per op type on the rows
+uniformly in the image is filled with ``fill`` (as in SLD's strong view). Every op runs once per op type on the rows
 that drew it, never in a loop over images. Parameters are drawn for the global batch from a seeded CPU
 generator and sliced per rank (like :mod:`selfdistill.data.augment`).
 """

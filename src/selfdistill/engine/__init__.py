@@ -1,12 +1,12 @@
-"""Training engine: loop, checkpoints, distributed helpers, metrics, method state and logs."""
+"""Training utilities that know no method and no task: checkpoints, distributed helpers, optimisers and EMA,
+metrics, logging, per-sample memories and the run summary."""
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_run_checkpoint, save_checkpoint
+from .memory import SampleMemory
 from .metrics import MetricAccumulator, expected_calibration_error, topk_correct
-from .state import SampleMemory, load_frozen_model
-from .trainer import NonFiniteLossError, RunExistsError, Trainer, evaluate, train
+from .summary import RunSummary
 
 __all__ = [
-    "CheckpointError", "MetricAccumulator", "NonFiniteLossError", "RunExistsError", "SampleMemory", "Trainer",
-    "atomic_save", "evaluate", "expected_calibration_error", "load_checkpoint", "load_frozen_model",
-    "save_checkpoint", "topk_correct", "train",
+    "CheckpointError", "MetricAccumulator", "RunSummary", "SampleMemory", "atomic_save", "expected_calibration_error",
+    "load_checkpoint", "load_run_checkpoint", "save_checkpoint", "topk_correct",
 ]

@@ -195,3 +195,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The bare module inside DDP and ``torch.compile`` wrappers."""
     model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, outputs: torch.Tensor, momentum: float, world: int = 1) -> None:
+    """``c ← m·c + (1 − m)·mean_batch(outputs)`` in place, the batch mean taken over all ranks (every rank keeps
+    the same centre): DINO's and the mean teacher's centring."""
+    center.mul_(momentum).add_(batch_mean(outputs, world), alpha=1 - momentum)

@@ -56,3 +56,17 @@ def progress_bar(total: int, initial: int, desc: str, mode: bool | str, enabled:
     """A tqdm bar over an epoch's steps (``mode`` ``auto`` shows it only on a terminal)."""
     show = enabled and (sys.stderr.isatty() if mode == "auto" else bool(mode))
     return tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True, leave=False)
+
+
+def format_epoch(row: dict[str, float], epochs: int, metrics: tuple[str, ...], train_metric: str) -> str:
+    """One console line for an epoch's row: loss, training accuracy, test metrics, validation, time and rate."""
+    main, *others = metrics
+    parts = [f"epoch {int(row['epoch'])}/{epochs}", f"loss {row['train_loss']:.4f}",
+             f"train {train_metric} {row[f'train_{train_metric}']:.2f}%"]
+    if f"test_{main}" in row:
+        rest = ", ".join(f"{m} {row[f'test_{m}']:.3g}" for m in others)
+        parts.append(f"test {main} {row[f'test_{main}']:.2f} ({rest})")
+    if f"val_{main}" in row:
+        parts.append(f"val {main} {row[f'val_{main}']:.2f}")
+    parts.append(f"{row['train_time_s']:.1f}s {row['images_per_s']:.0f} img/s")
+    return " | ".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -68,6 +69,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, base_lr:
         return floor + (1 - floor) * f if cfg.name == "cosine" else f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; training stopped before the optimiser step."""
+
+
+def non_finite_error(losses: dict[str, torch.Tensor], total: torch.Tensor, where: str,
+                     checkpoint: Path | None) -> NonFiniteLossError:
+    """The error for a non-finite loss at ``where``: it names the first bad term and its value, and the last good
+    checkpoint (``None``: none was written yet)."""
+    bad = next((k for k, v in losses.items() if not bool(torch.isfinite(v).all())), "total")
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+    return NonFiniteLossError(
+        f"non-finite loss at {where}: term '{bad}' = {float(losses.get(bad, total).detach())}. Training stopped "
+        f"before the update; {kept}. Lower optim.lr, set optim.grad_clip, or use train.amp=none, then continue with "
+        "--resume.")
+
+
+def term_grad_norms(losses: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gradient norm of each loss term with respect to ``params``, without touching their ``.grad``: what each
+    term asks of the shared weights (terms without a graph are left out)."""
+    norms = {}
+    for name, term in losses.items():
+        if not term.requires_grad:
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        norms[name] = torch.sqrt(sum(g.double().pow(2).sum() for g in grads if g is not None))
+    return norms
 
 
 def cosine_to_one(base: float, step: int, total: int) -> float:

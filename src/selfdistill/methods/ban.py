@@ -1,4 +1,4 @@
-"""Born-again networks: generations of one architecture, each distilled from the previous one (methods.md §5).
+"""Born-again networks: generations of one architecture, each distilled from the previous one (docs/methods.md, ban).
 
 ``selfdistill train`` of a ``ban`` config runs generation 0 (plain CE) and then ``generations`` students, each
 a freshly initialised network taught by the previous generation's last checkpoint, every generation in its
@@ -10,7 +10,9 @@ it stopped. The run's ``summary.json`` holds every generation's metrics and the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -19,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import RunConfig, from_dict, to_dict
-from ..data.loader import Batch
+from ..batch import Batch
+from ..config import ConfigError, RunConfig, parse_config, to_dict
+from ..engine.summary import RunSummary
 from ..losses import KLReduction, cross_entropy, kd_loss, soft_cross_entropy
 from .base import StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -85,8 +88,6 @@ class BornAgain(TeacherMethod):
         if options.generation >= 0:
             return None
         if options.generations < 1:
-            from ..config import ConfigError
-
             raise ConfigError("method.generations must be at least 1")
         top = Path(cfg.out) / cfg.run_name()
         out = []
@@ -95,25 +96,29 @@ class BornAgain(TeacherMethod):
             d["method"] = {**cfg.method, "generation": k,
                            "teacher": str(top / f"gen{k - 1}" / "last.pt") if k else ""}
             d.update(name=f"gen{k}", out=str(top), seed=cfg.seed + k)
-            out.append(from_dict(RunConfig, d))
+            out.append(parse_config(d))
         return out
 
     @classmethod
-    def finish_stages(cls, options: BANOptions, cfg: RunConfig, summaries: list[dict[str, Any]]) -> dict[str, Any]:
-        """The run's summary: the last generation's metrics, every generation's, the ensembles, the total cost."""
+    def finish_stages(cls, options: BANOptions, cfg: RunConfig, summaries: list[RunSummary],
+                      score: Callable[[list[Path]], dict[str, float]]) -> RunSummary:
+        """The run's summary: the last generation's metrics, every generation's, the mean-softmax ensembles of
+        generations 1..k (0..k with ``ensemble_gen0``) for each k (scored by ``score``), the total cost."""
         top = Path(cfg.out) / cfg.run_name()
-        gens = [{"generation": k, "run": s["run"], "last": s["last"], "best_val": s["best_val"],
-                 "seconds_per_epoch": s["seconds_per_epoch"]} for k, s in enumerate(summaries)]
-        summary = copy.deepcopy(summaries[-1])
-        summary.update(run=str(top), seed=cfg.seed, config=to_dict(cfg), generations=gens,
-                       ensemble=ensemble_metrics([Path(s["run"]) / "last.pt" for s in summaries], cfg,
-                                                 options.ensemble_gen0),
-                       seconds_per_epoch=sum(s["seconds_per_epoch"] for s in summaries),
-                       passes_per_step=sum(s["passes_per_step"] for s in summaries),
-                       images_per_s=1.0 / sum(1.0 / s["images_per_s"] for s in summaries))
-        summary["cost_note"] = "seconds_per_epoch and passes_per_step are summed over all generations"
-        summary["teachers"] = {}  # each generation's teacher is the previous generation, listed in `generations`
-        last_csv = Path(summaries[-1]["run"]) / "metrics.csv"
+        gens = [{"generation": k, "run": s.run, "last": s.last, "best_val": s.best_val,
+                 "seconds_per_epoch": s.seconds_per_epoch} for k, s in enumerate(summaries)]
+        checkpoints = [Path(s.run) / "last.pt" for s in summaries]
+        first = 0 if options.ensemble_gen0 else 1
+        ensemble = [{"generations": list(range(first, k + 1)), **score(checkpoints[first:k + 1])}
+                    for k in range(max(first, 1), len(checkpoints))]
+        summary = dataclasses.replace(
+            copy.deepcopy(summaries[-1]), run=str(top), seed=cfg.seed, config=to_dict(cfg), generations=gens,
+            ensemble=ensemble, seconds_per_epoch=sum(s.seconds_per_epoch for s in summaries),
+            passes_per_step=sum(s.passes_per_step for s in summaries),
+            images_per_s=1.0 / sum(1.0 / s.images_per_s for s in summaries),
+            cost_note="seconds_per_epoch and passes_per_step are summed over all generations",
+            teachers={})  # each generation's teacher is the previous generation, listed in `generations`
+        last_csv = Path(summaries[-1].run) / "metrics.csv"
         if last_csv.is_file():  # the curves of the run are the last generation's
             shutil.copyfile(last_csv, top / "metrics.csv")
         return summary
@@ -147,29 +152,3 @@ class BornAgain(TeacherMethod):
         else:
             losses = {"soft_ce": soft_cross_entropy(zs, dkpp_targets(pt, batch.generator()))}
         return StepOutput(losses, zs, y)
-
-
-@torch.no_grad()
-def ensemble_metrics(checkpoints: list[Path], cfg: RunConfig, include_gen0: bool = False) -> list[dict[str, Any]]:
-    """Test (and validation) metrics of the mean-softmax ensemble of generations 1..k, for each k."""
-    from ..data import DataModule
-    from ..engine.metrics import MetricAccumulator
-    from ..engine.state import load_frozen_model
-    from ..engine.trainer import resolve_device
-
-    device = resolve_device(cfg.train.device)
-    data = DataModule(cfg.data, device)
-    models = [load_frozen_model(p, device) for p in checkpoints]
-    first = 0 if include_gen0 else 1
-    splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
-    out = []
-    for k in range(max(first, 1), len(models)):
-        row: dict[str, Any] = {"generations": list(range(first, k + 1))}
-        for name, split in splits.items():
-            acc = MetricAccumulator(device)
-            for x, y in data.eval_batches(split):
-                probs = torch.stack([m(x).float().softmax(1) for m in models[first:k + 1]]).mean(0)
-                acc.update(probs.clamp_min(1e-12).log(), y)
-            row.update({f"{name}_{m}": v for m, v in acc.compute().items() if m != "n"})
-        out.append(row)
-    return out

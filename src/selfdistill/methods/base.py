@@ -8,14 +8,18 @@ term and every ``stats`` entry (averaged per epoch), checkpoints :meth:`Method.s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..batch import Batch, DataRequirements
 from ..config import ConfigError, from_dict, options_table
-from ..data.loader import Batch, DataRequirements
+from ..engine.distributed import DistInfo, sync_batchnorm
+from ..engine.summary import RunSummary
 from ..registry import Registry
 
 
@@ -65,8 +69,6 @@ class MethodContext:
 
     def sync_batchnorm(self, module: nn.Module) -> nn.Module:
         """``module`` with BatchNorm synchronised like the network's (a no-op unless ``sync_bn``)."""
-        from ..engine.distributed import DistInfo, sync_batchnorm
-
         return sync_batchnorm(module, DistInfo(self.rank, self.world), self.device, self.sync_bn)
 
 
@@ -104,8 +106,10 @@ class Method:
         return None
 
     @classmethod
-    def finish_stages(cls, options: Any, cfg: Any, summaries: list[dict[str, Any]]) -> dict[str, Any]:
-        """The run's summary from its stages' summaries (called after the last stage)."""
+    def finish_stages(cls, options: Any, cfg: Any, summaries: list[RunSummary],
+                      score: Callable[[list[Path]], dict[str, float]]) -> RunSummary:
+        """The run's summary from its stages' summaries (called after the last stage); ``score`` gives the metrics
+        of the mean-softmax ensemble of some stages' checkpoints."""
         return summaries[-1]
 
     def setup(self, model: nn.Module) -> None:

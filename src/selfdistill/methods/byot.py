@@ -1,4 +1,4 @@
-"""BYOT: layer-wise self-distillation through auxiliary heads on intermediate stages (methods.md §6).
+"""BYOT: layer-wise self-distillation through auxiliary heads on intermediate stages (docs/methods.md, byot).
 
 Heads sit on feature taps of any backbone (the CIFAR zoo, ``timm:``, ``torchvision:``): by default every stage
 but the last (:func:`selfdistill.models.features.find_stages`), or the modules named in ``taps``. Each head
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..engine.distributed import unwrap
 from ..losses import cross_entropy, kd_loss, soft_cross_entropy
 from ..models.features import FeatureTaps, find_stages, tap_stages

@@ -1,4 +1,4 @@
-"""Plain cross-entropy and its equal-images control ``ce_2x`` (methods.md §15)."""
+"""Plain cross-entropy and its equal-images control ``ce_2x`` (docs/methods.md, baselines)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..data.loader import Batch, DataRequirements
+from ..batch import Batch, DataRequirements
 from ..losses import cross_entropy
 from .base import Method, StepOutput, register_method
 

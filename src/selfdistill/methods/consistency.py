@@ -1,4 +1,4 @@
-"""Augmentation-consistency self-distillation: views of one image teach each other (methods.md §7)."""
+"""Augmentation-consistency self-distillation: views of one image teach each other (docs/methods.md, consistency)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.loader import Batch, DataRequirements
+from ..batch import Batch, DataRequirements
+from ..config import ConfigError
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_rows
 from .base import Method, StepOutput, register_method
 
@@ -58,8 +59,6 @@ class AugmentationConsistency(Method):
     @classmethod
     def data_requirements(cls, options: ConsistencyOptions) -> DataRequirements:
         if options.views < 2:
-            from ..config import ConfigError
-
             raise ConfigError("method.views must be at least 2 for consistency training")
         rest = ("strong",) if options.form in ("one_way", "jsd") else ("weak",)
         return DataRequirements(views=("weak",) + rest * (options.views - 1))

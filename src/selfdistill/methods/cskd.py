@@ -1,4 +1,4 @@
-"""CS-KD: class-wise self-knowledge distillation (Yun et al., CVPR 2020; methods.md §9)."""
+"""CS-KD: class-wise self-knowledge distillation (Yun et al., CVPR 2020; docs/methods.md, cskd)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..data.loader import Batch, DataRequirements
+from ..batch import Batch, DataRequirements
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 

@@ -1,4 +1,4 @@
-"""DINO: self-supervised self-distillation with an EMA teacher, centring and sharpening (methods.md §8).
+"""DINO: self-supervised self-distillation with an EMA teacher, centring and sharpening (docs/methods.md, dino).
 
 The student (backbone + projection head) sees global and local crops, the EMA teacher the global crops; the
 student predicts the teacher's centred, sharpened distribution of every other crop. Labels are not used. The
@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch, DataRequirements
-from ..data.multicrop import MultiCrop
-from ..engine.distributed import batch_mean, unwrap
+from ..batch import Batch, DataRequirements, MultiCrop
+from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
 from .base import Method, StepOutput, register_method
 
@@ -91,16 +90,9 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
         return 100.0 * float((probe(xt).argmax(1) == test_y).float().mean())
 
 
-@torch.no_grad()
-def update_center(center: Tensor, outputs: Tensor, momentum: float, world: int = 1) -> None:
-    """``c ← m·c + (1 − m)·mean_batch(outputs)`` in place, the batch mean taken over all ranks (every rank keeps
-    the same centre)."""
-    center.mul_(momentum).add_(batch_mean(outputs, world), alpha=1 - momentum)
-
-
 @dataclass
 class DINOOptions:
-    """DINO options (CIFAR-scale defaults, methods.md §8.4)."""
+    """DINO options (CIFAR-scale defaults, docs/methods.md, dino)."""
 
     out_dim: int = 4096
     """Output dimension of the head."""

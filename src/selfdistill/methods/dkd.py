@@ -1,4 +1,4 @@
-"""DKD: decoupled knowledge distillation, target-class and non-target-class terms (methods.md §4)."""
+"""DKD: decoupled knowledge distillation, target-class and non-target-class terms (docs/methods.md, dkd)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..losses import cross_entropy, kl_rows
 from .base import StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -25,7 +25,7 @@ def _binary_log_probs(z: Tensor, gt: Tensor) -> Tensor:
 
 
 def dkd_terms(zt: Tensor, zs: Tensor, y: Tensor, T: float, nckd_mask: float = 1000.0) -> tuple[Tensor, Tensor]:
-    """Per-row ``(TCKD, NCKD)``, each ×T² (methods.md §4).
+    """Per-row ``(TCKD, NCKD)``, each ×T² (docs/methods.md, dkd).
 
     ``nckd_mask`` is subtracted from the target logit (after ÷T) before the non-target softmax: 1000 as in the
     official code, ``inf`` for true masking (the target entry is then left out of the KL).

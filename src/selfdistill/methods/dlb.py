@@ -1,4 +1,4 @@
-"""DLB: self-distillation from the last mini-batch (methods.md §12, ``official`` mode).
+"""DLB: self-distillation from the last mini-batch (docs/methods.md, dlb).
 
 Each step forwards the current batch's first view and the previous batch's second view; the previous batch is
 pulled towards the logits it got one step earlier. The cache (inputs, labels, logits) carries across epoch
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..data.loader import Batch, DataRequirements
+from ..batch import Batch, DataRequirements
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 

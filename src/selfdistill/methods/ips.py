@@ -1,4 +1,4 @@
-"""Intra-class Patch Swap (IPS), the library's headline method (methods.md §1).
+"""Intra-class Patch Swap (IPS), the library's headline method (docs/methods.md, ips).
 
 Two images of the same class swap a random set of grid cells at the same positions; the network sees both
 swapped images, and for each pair the more confident view is a detached teacher for the other through a KD term.
@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..augment import box_mask, cell_counts, cells_to_mask, draw_ratios, sample_cells, swap_with_mask
+from ..batch import Batch, DataRequirements
 from ..config import ConfigError
-from ..data.loader import Batch, DataRequirements
 from ..losses import KLReduction, cross_entropy, entropy_rows, kd_rows_from_probs, reduce_rows, standardize_logits
+from ..patch_swap import box_mask, cell_counts, cells_to_mask, draw_ratios, sample_cells, swap_with_mask
 from .base import Method, StepOutput, register_method
 
 
 @dataclass
 class IPSOptions:
-    """IPS options (methods.md §1.6); defaults per §1.7."""
+    """IPS options (docs/methods.md, ips; the shipped defaults: docs/ips.md)."""
 
     partner_source: Literal["sampler", "inbatch"] = "sampler"
     """``sampler``: B anchors + B same-class partners (2B images); ``inbatch``: pair same-class images inside an
@@ -132,7 +132,7 @@ def confidence(logits: Tensor, y: Tensor, measure: str) -> Tensor:
 def ips_kd(za: Tensor, zb: Tensor, y: Tensor, opt: IPSOptions, weight: Tensor | None = None,
            originals: tuple[Tensor, Tensor] | None = None, area: Tensor | None = None
            ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The IPS distillation term over pairs ``(za[i], zb[i])`` with label ``y[i]`` (§1.4), and diagnostics.
+    """The IPS distillation term over pairs ``(za[i], zb[i])`` with label ``y[i]``, and diagnostics.
 
     ``weight`` (0/1 per pair) removes pairs from the KD term; the reduction still divides by all pairs.
     ``teacher_rule=originals`` needs ``originals``, the clean images' logits ``(za_clean, zb_clean)``, and ``area``,

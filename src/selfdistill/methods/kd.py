@@ -1,4 +1,4 @@
-"""Hinton KD: a student matches a frozen teacher's softened outputs (methods.md §3)."""
+"""Hinton KD: a student matches a frozen teacher's softened outputs (docs/methods.md, kd)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions

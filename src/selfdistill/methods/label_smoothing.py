@@ -1,4 +1,4 @@
-"""Label smoothing (methods.md §15)."""
+"""Label smoothing (docs/methods.md, baselines)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..losses import soft_cross_entropy
 from .base import Method, StepOutput, register_method
 

@@ -1,4 +1,5 @@
-"""Supervised mean teacher: an EMA copy of the network teaches the student across views (methods.md §8.6)."""
+"""Supervised mean teacher: an EMA copy of the network teaches the student across views
+(docs/methods.md, mean_teacher)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loader import Batch, DataRequirements
-from ..engine.distributed import unwrap
+from ..batch import Batch, DataRequirements
+from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
 from ..losses import cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
-from .dino import update_center
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""PS-KD: progressive self-knowledge distillation from the previous epoch's predictions (methods.md §10)."""
+"""PS-KD: progressive self-knowledge distillation from the previous epoch's predictions (docs/methods.md, pskd)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..engine.distributed import DistInfo
-from ..engine.state import SampleMemory
+from ..engine.memory import SampleMemory
 from ..losses import soft_cross_entropy
 from .base import Method, StepOutput, register_method
 

@@ -1,4 +1,4 @@
-"""SLD: swapped logit distillation (methods.md §2), and ``sld_self``, the library's teacher-free variant (§2.9).
+"""SLD: swapped logit distillation (docs/methods.md, sld), and ``sld_self``, the library's teacher-free variant.
 
 The swap makes a prediction's arg-max the label by exchanging two logits; the swapped teacher and (after
 epoch γ) the swapped student itself are distilled at several temperatures on a weak and a strong view.
@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from ..data.loader import Batch, DataRequirements
+from ..batch import Batch, DataRequirements
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -29,7 +29,7 @@ def swap_logits(z: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class SLDSelfOptions:
-    """``sld_self`` options (library design, methods.md §2.9)."""
+    """``sld_self`` options (library design, docs/methods.md, sld)."""
 
     temps: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     """Temperatures of the distillation terms."""

@@ -1,4 +1,4 @@
-"""Frozen teachers for the teacher-based methods (methods.md §0.3 ``teacher_ckpt``).
+"""Frozen teachers for the teacher-based methods (the ``teacher_ckpt`` requirement, docs/extending.md).
 
 A teacher is any model the library can build, loaded from a selfdistill checkpoint (``last.pt`` of any run)
 or from a plain state-dict file (then ``teacher_model`` names its architecture). It runs in eval mode under

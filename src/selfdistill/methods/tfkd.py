@@ -1,4 +1,5 @@
-"""TF-KD: teacher-free KD with a self-teacher (``tfkd_self``) or a virtual teacher (``tfkd_reg``) (methods.md §11)."""
+"""TF-KD: teacher-free KD with a self-teacher (``tfkd_self``) or a virtual teacher (``tfkd_reg``)
+(docs/methods.md, tfkd)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions

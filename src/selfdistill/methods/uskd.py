@@ -1,4 +1,4 @@
-"""USKD: normalised self-KD with customised target and Zipf non-target soft labels (methods.md §14)."""
+"""USKD: normalised self-KD with customised target and Zipf non-target soft labels (docs/methods.md, uskd)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..engine.distributed import batch_mean, unwrap
-from ..losses import cross_entropy, soft_cross_entropy
+from ..losses import cross_entropy, soft_cross_entropy, zipf_targets
 from ..models.features import FeatureTaps, find_stages, tap_stages
 from .base import Method, StepOutput, register_method
-from .zipf import zipf_targets
 
 
 def uskd_target_weights(s_y: Tensor, world: int = 1) -> Tensor:

@@ -1,4 +1,4 @@
-"""Zipf's label smoothing: non-target soft labels from the network's own ranking (methods.md §13)."""
+"""Zipf's label smoothing: non-target soft labels from the network's own ranking (docs/methods.md, zipf)."""
 
 from __future__ import annotations
 
@@ -11,27 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import Batch
+from ..batch import Batch
 from ..engine.distributed import unwrap
-from ..losses import cross_entropy, kl_rows
+from ..losses import cross_entropy, kl_rows, zipf_targets
 from .base import Method, StepOutput, register_method
-
-
-def min_ranks(scores: Tensor) -> Tensor:
-    """Per-row ranks by descending score, 1-based, ties sharing the smaller rank (``rankdata(-s, "min")``)."""
-    neg = -scores
-    return torch.searchsorted(neg.sort(1).values.contiguous(), neg.contiguous(), side="left") + 1
-
-
-def zipf_targets(scores: Tensor, y: Tensor, power: float = 1.0, rank_scope: Literal["all", "nontarget"] = "all"
-                 ) -> Tensor:
-    """Zipf soft labels over the non-target classes: ``q_c ∝ 1/rank(c)^power``, 0 at the label, rows sum to 1."""
-    gt = F.one_hot(y, scores.shape[1]).bool()
-    s = scores.float()
-    if rank_scope == "nontarget":
-        s = s.masked_fill(gt, -math.inf)
-    q = min_ranks(s).float().pow(-power).masked_fill(gt, 0.0)
-    return q / q.sum(1, keepdim=True)
 
 
 def dense_votes(features: Tensor, fc: nn.Linear) -> Tensor:

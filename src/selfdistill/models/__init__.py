@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from . import cifar_resnet, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401  (registration)
+from . import mobilenetv2, resnet_3stage, resnet_4stage, shufflenet, vgg, wrn  # noqa: F401  (registration)
 from .features import FeatureTaps, feature_names
 from .registry import MODELS
 

@@ -1,15 +1,21 @@
-"""What the engine needs to know about a task: its data module, model builder, method registry, evaluator and
-metrics. The trainer talks to a :class:`Task`, never to classification- or segmentation-specific code."""
+"""What a run needs to know about a task: its data module, model builder, method registry, evaluator, metrics and
+its own config section. The run orchestration talks to a :class:`Task`, never to classification-, segmentation- or
+detection-specific code; a new task is a subclass decorated with :func:`register_task` in a module of this package
+(see docs/extending.md)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ..config import DataConfig
+from ..config import ConfigError, RunConfig, from_dict
 from ..engine.distributed import DistInfo
+from ..methods.base import Method, method_options, validate_method_options
 from ..registry import Registry, UnknownNameError
 
 
@@ -30,28 +36,39 @@ class Evaluator(Protocol):
 
 
 class Task:
-    """Base class of a task (registered in :data:`TASKS`)."""
+    """Base class of a task (registered with :func:`register_task`)."""
 
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
-    """Metrics of the run summary (``last``, ``best_val``), the primary one first."""
+    """Metrics of the run summary (``last``, ``best_val``), the primary one first: the one place they are named."""
     train_metric: ClassVar[str] = ""
     """Name of the training accuracy logged as ``train_<name>`` (top-1 of images, accuracy of pixels)."""
-    methods: ClassVar[Registry]
+    methods: ClassVar[Registry[type[Method]]]
+    Options: ClassVar[type | None] = None
+    """The dataclass of the task's own config section, written under the task's name (``segmentation: {...}``);
+    ``None`` when the task has none."""
 
     @property
     def primary(self) -> str:
         """The metric that selects the best validation epoch and that the report compares."""
         return self.metrics[0]
 
-    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+    def options(self, cfg: RunConfig) -> Any:
+        """The task's section of ``cfg``, validated (defaults where absent)."""
+        if self.Options is None:
+            if cfg.task_options:
+                raise ConfigError(f"task '{self.name}' has no settings section of its own, got {cfg.task_options}")
+            return None
+        return from_dict(self.Options, cfg.task_options, self.name)
+
+    def data_module(self, cfg: RunConfig, device: torch.device, rank: int, world: int,
                     memory_format: torch.memory_format) -> Any:
         """The data module (splits ``train``/``val``/``test``, ``train_loader``, ``eval_batches``, ``classes``)."""
         raise NotImplementedError
 
-    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
-        """The network for a run config mapping (its ``model`` section, and what else of the run the task needs,
-        e.g. detection's canvas size)."""
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
+        """The network of a run config (its ``model`` section, and what else of the run the task needs, e.g.
+        detection's canvas size)."""
         raise NotImplementedError
 
     def model_names(self) -> list[str]:
@@ -77,35 +94,44 @@ class Task:
 
     def validate_method(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The ``method:`` mapping checked against this task's methods and fully resolved."""
-        from ..methods.base import validate_method_options
-
         try:
             return validate_method_options(spec, self.methods)
         except UnknownNameError as e:  # say which task's methods were searched
             raise UnknownNameError(f"{e} (task: {self.name}, whose methods are {', '.join(self.methods.names())})"
                                    ) from None
 
-    def method_options(self, spec: dict[str, Any]) -> tuple[type, Any]:
+    def method_options(self, spec: dict[str, Any]) -> tuple[type[Method], Any]:
         """The method class and its options for a validated ``method:`` mapping."""
-        from ..methods.base import method_options
-
         return method_options(spec, self.methods)
 
 
 TASKS: Registry[type[Task]] = Registry("task")
 
 
+def register_task(name: str):
+    """Class decorator: register a :class:`Task` subclass under ``name`` (the value of ``task:`` in a config)."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return deco
+
+
 def get_task(name: str) -> Task:
     """The task registered as ``name`` (``classification``, ``segmentation``, ``detection``)."""
-    _register()
+    _discover()
     return TASKS.get(name)()
 
 
 def list_tasks() -> list[str]:
     """Names of the registered tasks."""
-    _register()
+    _discover()
     return TASKS.names()
 
 
-def _register() -> None:
-    from . import classification, detection, segmentation  # noqa: F401  (registration)
+def _discover() -> None:
+    """Import every module and subpackage of this package once: a task registers itself where it is defined."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name != "base":
+            importlib.import_module(f"{__package__}.{info.name}")

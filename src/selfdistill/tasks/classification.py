@@ -7,31 +7,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import DataConfig
+from ..config import RunConfig
 from ..data import DataModule, list_datasets
 from ..engine.metrics import MetricAccumulator, topk_correct
 from ..losses import entropy_rows
 from ..methods import METHODS
 from ..models import build_model, list_models
-from .base import TASKS, Task
+from .base import Task, register_task
 
 
-@TASKS.register("classification")
+@register_task("classification")
 class ClassificationTask(Task):
     """Image classification."""
 
-    name = "classification"
     metrics = ("top1", "top5", "ece", "nll")
     train_metric = "top1"
     methods = METHODS
 
-    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+    def data_module(self, cfg: RunConfig, device: torch.device, rank: int, world: int,
                     memory_format: torch.memory_format) -> DataModule:
-        return DataModule(cfg, device, rank, world, memory_format)
+        return DataModule(cfg.data, device, rank, world, memory_format)
 
-    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
-        model_cfg = run_cfg["model"]
-        return build_model(model_cfg["name"], num_classes, in_chans, **model_cfg["kwargs"])
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
+        return build_model(cfg.model.name, num_classes, in_chans, **cfg.model.kwargs)
 
     def model_names(self) -> list[str]:
         return list_models(external=True)

@@ -1,4 +1,4 @@
-"""Object detection (methods.md §1.14): COCO-format and Penn-Fudan data, torchvision detectors, the detector's
+"""Object detection (docs/tasks.md, detection): COCO-format and Penn-Fudan data, torchvision detectors, the detector's
 losses and dense IPS with box-aware swaps and matched-proposal distillation, COCO mAP."""
 
 from .data import DET_DATASETS, DetDataModule, DetSplit, coco_items, hflip_boxes, hflip_valid, load_canvases

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...batch import Batch, DataRequirements
 from ...config import DataConfig
-from ...data.augment import normalize
-from ...data.loader import Batch, DataRequirements
 from ...data.samplers import eval_ranges
 from ...data.sources import DataError, channel_stats, valid_mask
 from ...data.splits import hold_out
+from ...data.transforms import normalize
 from ..segmentation.data import DenseTrainLoader
+from .config import DetectionConfig
 from .ops import pennfudan_split
 
 DET_DATASETS = ("pennfudan", "coco")
@@ -107,9 +108,9 @@ class DetDataModule:
     """Loads a detection dataset into memory (uint8 canvases on the training device) and serves flipped training
     batches and normalised evaluation batches; the same interface as the other tasks' data modules."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
-        self.cfg, self.det = cfg, cfg.detection
+    def __init__(self, cfg: DataConfig, options: DetectionConfig | None = None, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.cfg, self.det = cfg, options if options is not None else DetectionConfig()
         self.device = torch.device(device)
         self.rank, self.world = rank, world
         self.memory_format = memory_format
@@ -136,7 +137,7 @@ class DetDataModule:
             return load_canvases(items, self.det.size, self.det.min_box).to(self.device), classes
 
         train, self.classes = load(self.det.train_split)
-        self.train, self.val = hold_out(train, cfg, self.det.val_split, "data.detection.val_split")
+        self.train, self.val = hold_out(train, cfg, self.det.val_split, "detection.val_split")
         if self.det.val_split:
             self.val, _ = load(self.det.val_split)
         self.test, test_classes = load(self.det.test_split)

@@ -1,5 +1,5 @@
 """Detection training methods (``task: detection``): the detector's own losses (``ce``) and dense IPS with
-box-aware swaps and distillation on matched proposals (methods.md §1.14)."""
+box-aware swaps and distillation on matched proposals (docs/tasks.md, detection)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...batch import Batch, DataRequirements
 from ...config import ConfigError
-from ...data.loader import Batch, DataRequirements
 from ...methods.base import Method, NoOptions, StepOutput, register_method
 from ...registry import Registry
 from .ops import box_swap
@@ -96,10 +96,13 @@ def match_boxes(labels_a: Tensor, labels_b: Tensor, generator: torch.Generator) 
 
 
 def matched_box_kd(q_T: Tensor, p_1: Tensor, box_labels: Tensor, first: Tensor, second: Tensor, T: float,
-                   head: HeadKD) -> tuple[Tensor, Tensor]:
-    """``T²·mean KL(sg q_t ‖ q_s)`` over matched box pairs ``(first[i], second[i])`` (rows of ``q_T``): the teacher
-    of a pair is the box with the higher pooled probability of its class at T = 1. Returns the loss (0 without
-    pairs) and the fraction of pairs taught by ``first``."""
+                   head: HeadKD, positives: Tensor | None = None, terms: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """``T²·KL(sg q_t ‖ q_s)`` over matched box pairs ``(first[i], second[i])`` (rows of ``q_T``): the teacher of a
+    pair is the box with the higher pooled probability of its class at T = 1. Reduced by the mean over pairs, or,
+    given ``positives`` (per box, the positives assigned to it) and ``terms``, like the detector's classification
+    loss: each student box's KL counts once per positive, and the sum is divided by ``terms``. Returns the loss (0
+    without pairs) and the fraction of pairs taught by ``first``."""
     if first.numel() == 0:
         return q_T.sum() * 0.0, q_T.new_zeros(())
     col = box_labels[first] - (0 if head == "softmax" else 1)
@@ -108,7 +111,9 @@ def matched_box_kd(q_T: Tensor, p_1: Tensor, box_labels: Tensor, first: Tensor, 
     first_teaches = conf_first >= conf_second
     t = torch.where(first_teaches, first, second)
     s = torch.where(first_teaches, second, first)
-    return T * T * box_kl(q_T[t].detach(), q_T[s], head).mean(), first_teaches.float().mean()
+    kl = box_kl(q_T[t].detach(), q_T[s], head)
+    total = kl.mean() if positives is None else (kl * positives[s].to(kl.dtype)).sum() / terms
+    return T * T * total, first_teaches.float().mean()
 
 
 def pair_generator(batch: Batch, row: int, salt: int = 0) -> torch.Generator:
@@ -119,7 +124,7 @@ def pair_generator(batch: Batch, row: int, salt: int = 0) -> torch.Generator:
 
 @dataclass
 class DetIPSOptions:
-    """Detection IPS options (methods.md §1.14)."""
+    """Detection IPS options (docs/tasks.md, detection)."""
 
     box_policy: Literal["object_preserving", "background_only", "free"] = "object_preserving"
     """``object_preserving``: whole units of cells linked by a box (no box is cut); ``background_only``: only
@@ -140,6 +145,10 @@ class DetIPSOptions:
     """Distillation temperature."""
     lambda_kd: float = 1.0
     """Weight of the matched-proposal distillation term."""
+    kd_norm: Literal["classification", "pairs"] = "classification"
+    """``classification``: the term is normalised like the detector's classification loss (each student box's KL
+    counted once per positive assigned to it, divided by the sampled RoIs, or the foreground anchors of a focal-loss
+    detector); ``pairs``: the mean over matched pairs (the specification's first reading, far stronger)."""
     pool: Literal["mean", "max_iou"] = "mean"
     """How a box's distribution is pooled over its positives: their mean, or the positive of highest IoU."""
     sigmoid_kd: Literal["bernoulli", "softmax"] = "bernoulli"
@@ -214,7 +223,10 @@ class DetectionIPS(Method):
             second.append(ok_b[ib] + starts[n + i])
         first_t = torch.cat(first).to(q_T.device)
         second_t = torch.cat(second).to(q_T.device)
-        kd, anchor_teaches = matched_box_kd(q_T, p_1, box_labels, first_t, second_t, o.T, head)
+        positives, terms = None, None
+        if o.kd_norm == "classification":
+            positives, terms = torch.bincount(out["gt"], minlength=starts[-1]), out["cls_terms"]
+        kd, anchor_teaches = matched_box_kd(q_T, p_1, box_labels, first_t, second_t, o.T, head, positives, terms)
         stats = {"matched_boxes": torch.tensor(float(first_t.numel()) / n, device=q_T.device),
                  "swapped": mask.float().mean(), "anchor_teaches": anchor_teaches}
         return StepOutput({**losses, "kd": o.lambda_kd * kd}, out["logits"], positive_labels(targets, out["gt"]),

@@ -1,7 +1,7 @@
 """Detectors: torchvision's Faster R-CNN, RetinaNet and FCOS on light FPN backbones, built without downloaded
 weights, wrapped so that a training forward also returns the classification logits of every positive
 (RoI or anchor assigned to a ground-truth box) and the box it is assigned to: what matched-proposal
-distillation (methods.md §1.14) pools per box.
+distillation (docs/tasks.md, detection) pools per box.
 
 Names are ``<family>_<backbone>_fpn``: family ``fasterrcnn`` (softmax head over K + 1 classes, background 0),
 ``retinanet`` or ``fcos`` (sigmoid heads); backbone ``resnet18``, ``resnet34``, ``resnet50`` or (Faster R-CNN)
@@ -57,7 +57,9 @@ class DetectionNet(nn.Module):
     Training forward ``(x, targets)`` returns ``{"losses": the detector's own losses, "logits": (P, C)
     classification logits of the positives, "gt": (P,) index of each positive's box in the batch (boxes numbered
     image after image), "iou": (P,) IoU of each positive's RoI or anchor with that box, "softmax": the head
-    type}``; evaluation forward ``(x)`` returns torchvision's per-image detections.
+    type, "cls_terms": the number of terms the detector's classification loss is normalised by (sampled RoIs for
+    Faster R-CNN, foreground anchors for the focal-loss detectors)}``; evaluation forward ``(x)`` returns
+    torchvision's per-image detections.
     The head type is ``softmax`` for Faster R-CNN (``C = K + 1`` with background) and sigmoid otherwise
     (``C = K + 1`` columns, column 0 never a positive's class).
     """
@@ -95,7 +97,7 @@ class DetectionNet(nn.Module):
             return self.net(images)
         self._seen.clear()
         losses = self.net(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
-        seen, offset, logits, gt, iou = self._seen, 0, [], [], []
+        seen, offset, logits, gt, iou, terms = self._seen, 0, [], [], [], 0
         first_box = torch.tensor([0, *(len(t["boxes"]) for t in targets)]).cumsum(0).tolist()
         for i in range(len(targets)):
             if self.softmax:
@@ -103,15 +105,17 @@ class DetectionNet(nn.Module):
                 pos = seen["labels"][i] > 0
                 rows = seen["logits"][offset:offset + n_rois]
                 offset += n_rois
+                terms += n_rois  # the classification loss averages over every sampled RoI
             else:
                 pos = seen["matched"][i] >= 0
                 rows = seen["logits"][i]
+                terms += int(pos.sum())  # focal losses are normalised by the foreground anchors
             logits.append(rows[pos])
             gt.append(seen["matched"][i][pos] + first_box[i])
             iou.append(paired_iou(seen["boxes"][i][pos], seen["targets"][i]["boxes"][seen["matched"][i][pos]]))
         self._seen.clear()
         return {"losses": losses, "logits": torch.cat(logits), "gt": torch.cat(gt), "iou": torch.cat(iou),
-                "softmax": self.softmax}
+                "softmax": self.softmax, "cls_terms": max(terms, 1)}
 
 
 def paired_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Object-detection building blocks for dense IPS (methods.md §1.14): the Penn-Fudan reader and the box-aware
+"""Object-detection building blocks for dense IPS (docs/tasks.md, detection): the Penn-Fudan reader and the box-aware
 patch swap on a common canvas (``object_preserving``, ``background_only`` and ``free`` policies).
 
 Boxes are ``(M, 4)`` float tensors ``(x1, y1, x2, y2)`` in pixels (exclusive right/bottom edges).

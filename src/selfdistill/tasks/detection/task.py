@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...config import DataConfig
+from ...config import RunConfig
 from ...engine.distributed import DistInfo
-from ..base import TASKS, Task
+from ..base import Task, register_task
+from .config import DetectionConfig
 from .data import DET_DATASETS, DetDataModule
 from .methods import DET_METHODS
 from .models import DET_MODELS, build_detector, init_backbone
@@ -90,27 +91,25 @@ class CocoEvaluator:
         return None
 
 
-@TASKS.register("detection")
+@register_task("detection")
 class DetectionTask(Task):
     """Object detection."""
 
-    name = "detection"
     metrics = ("map", "ap50", "ap75")
     train_metric = "pos_acc"
     methods = DET_METHODS
+    Options = DetectionConfig
 
-    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+    def data_module(self, cfg: RunConfig, device: torch.device, rank: int, world: int,
                     memory_format: torch.memory_format) -> DetDataModule:
-        return DetDataModule(cfg, device, rank, world, memory_format)
+        return DetDataModule(cfg.data, self.options(cfg), device, rank, world, memory_format)
 
-    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
         if in_chans != 3:
             raise ValueError("torchvision detectors take 3-channel input")
-        model_cfg = run_cfg["model"]
-        size = run_cfg["data"]["detection"]["size"]
-        model = build_detector(model_cfg["name"], num_classes, size, **model_cfg["kwargs"])
-        if model_cfg.get("init_backbone"):
-            init_backbone(model, model_cfg["name"], model_cfg["init_backbone"])
+        model = build_detector(cfg.model.name, num_classes, self.options(cfg).size, **cfg.model.kwargs)
+        if cfg.model.init_backbone:
+            init_backbone(model, cfg.model.name, cfg.model.init_backbone)
         return model
 
     def model_names(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Semantic segmentation (methods.md §1.13): data, torchvision segmenters, pixel CE and dense IPS, mIoU."""
+"""Semantic segmentation (docs/tasks.md, segmentation): data, torchvision segmenters, pixel CE and dense IPS, mIoU."""
 
 from .data import SEG_DATASETS, PresencePairSampler, SegDataModule, SegSplit, sample_scale_crop_flip, scale_crop_flip
 from .methods import SEG_METHODS, DenseIPS, SegCrossEntropy, border_pixels, pixel_cross_entropy

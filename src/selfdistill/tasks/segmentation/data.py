@@ -1,5 +1,5 @@
 """Segmentation data: image + label-map datasets held in memory as uint8, a batched joint scale/crop/flip of
-images and label maps on the device, and the class-presence pair sampler of dense IPS (methods.md §1.13)."""
+images and label maps on the device, and the class-presence pair sampler of dense IPS (docs/tasks.md, segmentation)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...batch import Batch, DataRequirements
 from ...config import DataConfig
-from ...data.augment import normalize
-from ...data.loader import Batch, DataRequirements, assemble_batch, global_batch, step_seed
-from ...data.samplers import IndexBatch, ShuffleSampler, epoch_generator, eval_ranges
+from ...data.samplers import (
+    IndexBatch,
+    ShuffleSampler,
+    assemble_batch,
+    epoch_generator,
+    eval_ranges,
+    global_batch,
+    step_seed,
+)
 from ...data.sources import DataError, channel_stats
 from ...data.splits import hold_out
+from ...data.transforms import normalize
 from ...registry import Registry
+from .config import SegmentationConfig
 from .ops import class_presence, draw_partners, load_segmentation_folder
 
 
@@ -100,7 +109,7 @@ def scale_crop_flip(images: Tensor, labels: Tensor, params: Tensor, crop: tuple[
 
 class PresencePairSampler(ShuffleSampler):
     """Shuffled anchors plus, for each, a partner sharing a class ``c*`` drawn from the anchor's present classes
-    (a random partner when the anchor has none): the dense-IPS pairing of methods.md §1.13."""
+    (a random partner when the anchor has none): the dense-IPS pairing (docs/tasks.md)."""
 
     def __init__(self, presence: Tensor, batch_size: int, drop_last: bool, seed: int) -> None:
         super().__init__(torch.arange(presence.shape[0]), batch_size, drop_last, seed)
@@ -115,10 +124,10 @@ class SegDataModule:
     """Loads a segmentation dataset into memory (uint8, on the training device) and serves augmented training
     batches and normalised evaluation batches; the same interface as the classification data module."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(self, cfg: DataConfig, options: SegmentationConfig | None = None, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1, memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.cfg = cfg
-        self.dense = cfg.dense
+        self.dense = options if options is not None else SegmentationConfig()
         self.device = torch.device(device)
         self.rank, self.world = rank, world
         self.memory_format = memory_format
@@ -132,7 +141,7 @@ class SegDataModule:
         self.ignore_index = self.dense.ignore_index
         size = tuple(self.dense.size) if self.dense.size else None
         if size is not None and len(size) != 2:
-            raise DataError(f"data.dense.size must be [H, W], got {self.dense.size}")
+            raise DataError(f"segmentation.size must be [H, W], got {self.dense.size}")
 
         def load(split: str) -> SegSplit:
             images, labels, names = load_segmentation_folder(Path(cfg.root), split, source.layout, size, source.void,
@@ -140,7 +149,7 @@ class SegDataModule:
             return SegSplit(images.to(self.device), labels.to(self.device), names)
 
         self.train, self.val = hold_out(load(self.dense.train_split), cfg, self.dense.val_split,
-                                        "data.dense.val_split")
+                                        "segmentation.val_split")
         if self.dense.val_split:
             self.val = load(self.dense.val_split)
         self.test = load(self.dense.test_split)

@@ -1,4 +1,4 @@
-"""Segmentation training methods (``task: segmentation``): pixel-wise CE and dense IPS (methods.md §1.13).
+"""Segmentation training methods (``task: segmentation``): pixel-wise CE and dense IPS (docs/tasks.md, segmentation).
 
 They are :class:`~selfdistill.methods.Method` classes in their own registry, so ``method: {name: ips}`` means
 dense IPS in a segmentation run and image-level IPS in a classification run, with the same engine, configs,
@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...augment import grid_swap_mask, swap_with_mask
+from ...batch import Batch, DataRequirements
 from ...config import ConfigError
-from ...data.loader import Batch, DataRequirements
 from ...engine.distributed import global_mean
 from ...methods.base import Method, NoOptions, StepOutput, register_method
+from ...patch_swap import grid_swap_mask, swap_with_mask
 from ...registry import Registry
 from .ops import _upsample, class_region_loss, pixel_agree_loss
 
@@ -58,7 +58,7 @@ class SegCrossEntropy(Method):
 
 @dataclass
 class DenseIPSOptions:
-    """Dense IPS options (methods.md §1.13)."""
+    """Dense IPS options (docs/tasks.md, segmentation)."""
 
     dense_kd: Literal["pixel_agree", "class_region", "context"] = "pixel_agree"
     """``pixel_agree``: per-pixel KL over co-located same-label pixels; ``class_region``: KL between class-mean

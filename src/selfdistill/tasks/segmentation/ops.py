@@ -1,4 +1,4 @@
-"""Semantic-segmentation building blocks for dense IPS (methods.md §1.13): class-presence pairing, the joint
+"""Semantic-segmentation building blocks for dense IPS (docs/tasks.md, segmentation): class-presence pairing, the joint
 image + label-map patch swap, the dense distillation losses, and confusion-matrix metrics.
 
 All functions work on batched tensors on any device. Label maps are ``(N, H, W)`` integer tensors in which
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...augment import Ratio, grid_swap_mask, swap_with_mask
 from ...engine.distributed import global_mean
 from ...engine.metrics import SummedMetrics
 from ...losses import kl_rows
+from ...patch_swap import Ratio, grid_swap_mask, swap_with_mask
 
 
 def _list_pairs(root: Path, split: str, layout: Literal["camvid", "voc"]) -> list[tuple[Path, Path]]:

@@ -7,32 +7,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...config import DataConfig
-from ..base import TASKS, Task
+from ...config import RunConfig
+from ..base import Task, register_task
+from .config import SegmentationConfig
 from .data import SEG_DATASETS, SegDataModule
 from .methods import SEG_METHODS
 from .models import SEG_MODELS, build_segmentation_model, init_backbone
 from .ops import ConfusionMatrix, _upsample
 
 
-@TASKS.register("segmentation")
+@register_task("segmentation")
 class SegmentationTask(Task):
     """Semantic segmentation."""
 
-    name = "segmentation"
     metrics = ("miou", "pixel_acc")
     train_metric = "pixel_acc"
     methods = SEG_METHODS
+    Options = SegmentationConfig
 
-    def data_module(self, cfg: DataConfig, device: torch.device, rank: int, world: int,
+    def data_module(self, cfg: RunConfig, device: torch.device, rank: int, world: int,
                     memory_format: torch.memory_format) -> SegDataModule:
-        return SegDataModule(cfg, device, rank, world, memory_format)
+        return SegDataModule(cfg.data, self.options(cfg), device, rank, world, memory_format)
 
-    def build_model(self, run_cfg: dict[str, Any], num_classes: int, in_chans: int) -> nn.Module:
-        model_cfg = run_cfg["model"]
-        model = build_segmentation_model(model_cfg["name"], num_classes, in_chans, **model_cfg["kwargs"])
-        if model_cfg.get("init_backbone"):
-            init_backbone(model, model_cfg["name"], model_cfg["init_backbone"])
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
+        model = build_segmentation_model(cfg.model.name, num_classes, in_chans, **cfg.model.kwargs)
+        if cfg.model.init_backbone:
+            init_backbone(model, cfg.model.name, cfg.model.init_backbone)
         return model
 
     def model_names(self) -> list[str]:

@@ -1,15 +1,12 @@
-"""Method state served by the engine: per-sample memories and frozen teachers (methods.md §0.3)."""
+"""Per-sample memories of methods (e.g. PS-KD's past predictions), consistent over ranks and checkpointed."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
 from .distributed import DistInfo
 
 
@@ -58,23 +55,3 @@ class SampleMemory:
             raise CheckpointError(f"sample memory shape {tuple(state['table'].shape)} does not match this run's "
                                   f"{tuple(self.table.shape)}")
         self.table.copy_(state["table"])
-
-
-def load_frozen_model(checkpoint: str | Path | dict[str, Any], device: torch.device | str = "cpu",
-                      ema: bool = False) -> nn.Module:
-    """Rebuild a run's model from its checkpoint (a path or a loaded checkpoint), frozen: eval mode, no
-    gradients (a teacher)."""
-    from ..tasks import get_task
-
-    ck = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, device)
-    run_cfg = {**ck["config"], "model": {**ck["config"]["model"], "init_backbone": None}}  # weights come next
-    model = get_task(ck["config"].get("task", "classification")).build_model(run_cfg, len(ck["classes"]),
-                                                                              ck["in_chans"])
-    weights = ck["ema"] if ema else ck["model"]
-    if weights is None:
-        raise CheckpointError("the checkpoint holds no EMA model (its run had train.ema_decay = 0)")
-    model.load_state_dict(weights)
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model

@@ -1,5 +1,6 @@
 """ImageNet-width ResNets with a CIFAR stem (3×3 conv, no max-pool): ``resnet{18,34,50}_cifar`` and the
-PreAct ResNet-18 used by CS-KD, PS-KD and Zipf's LS (methods.md §0.6 explains why they are distinct)."""
+PreAct ResNet-18 used by CS-KD, PS-KD and Zipf's LS: distinct networks, although papers call each "ResNet-18 on
+CIFAR"."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .cifar_resnet import BasicBlock, Bottleneck
 from .registry import MODELS
+from .resnet_3stage import BasicBlock, Bottleneck
 
 
 class ResNetCifar(nn.Module):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selfdistill.data.augment import CropFlipParams, crop_flip, normalize, sample_crop_flip
+from selfdistill.data.transforms import CropFlipParams, crop_flip, normalize, sample_crop_flip
 
 
 def _images(n=6, c=3, h=9, w=7, seed=0):

@@ -1,11 +1,11 @@
 """Intra-class patch swap: vectorised, on any device and dtype, usable in your own training loops.
 
->>> from selfdistill.augment import patch_swap
+>>> from selfdistill.patch_swap import patch_swap
 >>> xa_s, xb_s, mask = patch_swap(xa, xb, grid=4, ratio=(0.0, 1.0))
 
 Cell ``(i, j)`` of a ``g × g`` grid covers rows ``⌊iH/g⌋ … ⌊(i+1)H/g⌋ − 1`` and the columns likewise, so sizes
 need not divide. Swapping is a boolean select (``torch.where``), never arithmetic blending: every output pixel is
-bit-identical to one of its two sources (methods.md §1.3).
+bit-identical to one of its two sources (docs/methods.md, ips).
 """
 
 from __future__ import annotations

@@ -1,0 +1,145 @@
+"""The run summary: one typed record, written to ``<run>/summary.json`` and read back (CLI, report, born-again
+generations) by the same code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..version import __version__
+
+
+@dataclass
+class RunSummary:
+    """What a finished run measured. ``last`` holds ``test_<metric>`` of the last evaluated epoch; ``best_val`` the
+    epoch with the best validation value of the primary metric, with its ``val_<metric>`` and ``test_<metric>``
+    (the test value that model selection on validation picks); times are medians over epochs."""
+
+    run: str = ""
+    task: str = "classification"
+    metrics: list[str] = field(default_factory=lambda: ["top1", "top5", "ece", "nll"])
+    """The task's metrics, the primary one first."""
+    method: str = ""
+    model: str = ""
+    dataset: str = ""
+    seed: int = 0
+    epochs: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    last_per_class: dict[str, float] = field(default_factory=dict)
+    """Per-class test results of the last epoch (segmentation IoU, detection AP)."""
+    best_val: dict[str, float] | None = None
+    ema_last: dict[str, float] | None = None
+    supervised: bool = True
+    extra_last: dict[str, float] = field(default_factory=dict)
+    """A method's own evaluation at the last epoch (e.g. DINO's k-NN and linear-probe accuracies)."""
+    eval_models_last: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Other models a method evaluates (BYOT's exits, the mean teacher's EMA model): their test metrics."""
+    last_test_reliability: dict[str, list[float]] | None = None
+    seconds_per_epoch: float = math.nan
+    images_per_s: float = math.nan
+    passes_per_step: float = 1.0
+    teachers: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    num_params: int = 0
+    num_train: int = 0
+    num_val: int = 0
+    num_test: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    generations: list[dict[str, Any]] | None = None
+    """A run of stages (born-again generations): each stage's run, last and best-validation metrics."""
+    ensemble: list[dict[str, Any]] | None = None
+    """Ensembles of the stages' models: their members and metrics."""
+    cost_note: str = ""
+
+    @property
+    def primary(self) -> str:
+        """The primary metric."""
+        return self.metrics[0]
+
+    def test(self, metric: str) -> float:
+        """The last epoch's test value of ``metric`` (nan when absent)."""
+        return self.last.get(f"test_{metric}", math.nan)
+
+    def at_best_val(self, split: str, metric: str) -> float:
+        """``split``'s (``val`` or ``test``) value of ``metric`` at the best-validation epoch (nan without one)."""
+        return math.nan if self.best_val is None else self.best_val.get(f"{split}_{metric}", math.nan)
+
+    def checkpoint(self) -> Path:
+        """The checkpoint of the model the run exports: its ``last.pt``, or its last stage's."""
+        return Path(self.generations[-1]["run"] if self.generations else self.run) / "last.pt"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        """The summary of plain data (keys it does not know, from another version of the library, are dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | Path) -> None:
+        """Write ``summary.json``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSummary:
+        """Read a ``summary.json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def metric_results(history: list[dict[str, float]], metrics: tuple[str, ...] | list[str]
+                   ) -> tuple[dict[str, Any], dict[str, float]]:
+    """The summary's results from a run's per-epoch rows: ``last`` (the last evaluated epoch's test metrics),
+    ``last_per_class`` (its other ``test_*`` columns), ``best_val`` (the earliest epoch of the best validation value
+    of the primary metric, with its validation and test metrics) and the median epoch time and rate; and the last
+    evaluated epoch's row itself."""
+    main = metrics[0]
+    evaluated = [r for r in history if f"test_{main}" in r]
+    last = evaluated[-1] if evaluated else {}
+    best = None
+    with_val = [r for r in evaluated if f"val_{main}" in r]
+    if with_val:
+        b = max(with_val, key=lambda r: (r[f"val_{main}"], -r["epoch"]))  # earliest epoch among ties
+        best = {"epoch": int(b["epoch"]), **{f"val_{m}": b[f"val_{m}"] for m in metrics},
+                **{f"test_{m}": b[f"test_{m}"] for m in metrics}}
+    times = [r["train_time_s"] for r in history]
+    return {
+        "epochs": len(history),
+        "last": {f"test_{m}": last.get(f"test_{m}", math.nan) for m in metrics},
+        "last_per_class": {k[5:]: v for k, v in last.items() if k.startswith("test_") and k[5:] not in metrics},
+        "best_val": best,
+        "ema_last": {m: last[f"ema_test_{m}"] for m in metrics} if f"ema_test_{main}" in last else None,
+        # medians: an epoch slowed by a pause of the machine or by other work on it does not count
+        "seconds_per_epoch": statistics.median(times) if times else math.nan,
+        "images_per_s": statistics.median(r["images_per_s"] for r in history) if history else math.nan,
+    }, last
+
+
+def git_sha() -> str | None:
+    """The library checkout's commit, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_environment(device: torch.device, world_size: int) -> dict[str, Any]:
+    """Library version and commit, torch, Python, platform and device of a run."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"selfdistill": __version__, "git_sha": git_sha(), "torch": torch.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
+            "device_name": name, "world_size": world_size}

@@ -1,0 +1,49 @@
+"""``train()``: one run, or a run made of sequential stages (born-again generations), from a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, save_yaml, to_dict
+from ..engine.distributed import is_main_process
+from ..engine.summary import RunSummary
+from ..tasks import get_task
+from .evaluation import score_ensemble
+from .resolve import resolve_config
+from .trainer import RunExistsError, Trainer
+
+
+def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
+          resume: bool = False, log: Callable[[str], None] | None = None) -> RunSummary:
+    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary.
+
+    A method made of sequential stages (born-again generations) runs each stage as its own run directory inside
+    the run's; finished stages are skipped on ``resume`` and the interrupted one continues where it stopped.
+    """
+    cfg = resolve_config(config, overrides)
+    method_cls, opts = get_task(cfg.task).method_options(cfg.method)
+    stages = method_cls.stages(opts, cfg)
+    if not stages:
+        return Trainer(cfg, resume=resume, log=log).fit()
+    top = Path(cfg.out) / cfg.run_name()
+    if top.is_dir() and any(top.iterdir()) and not resume:
+        raise RunExistsError(f"{top} already holds a run. Pass --resume to continue it, or choose another run "
+                             "name or --out.")
+    if is_main_process():  # the run directory is marked as one from the start: its stages are not runs of their own
+        top.mkdir(parents=True, exist_ok=True)
+        save_yaml(to_dict(cfg), top / "config.yaml")
+    summaries = []
+    for k, stage in enumerate(stages):
+        done = Path(stage.out) / stage.run_name() / "summary.json"
+        if done.is_file():
+            summaries.append(RunSummary.load(done))
+            continue
+        if is_main_process():
+            (log or print)(f"stage {k + 1}/{len(stages)}: {stage.run_name()}")
+        summaries.append(Trainer(resolve_config(stage), resume=True, log=log).fit())
+    summary = method_cls.finish_stages(opts, cfg, summaries, lambda ckpts: score_ensemble(ckpts, cfg))
+    if is_main_process():
+        summary.save(top / "summary.json")
+    return summary

@@ -1,0 +1,26 @@
+"""The detection task's own config section (``detection:`` in a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DetectionConfig:
+    """The ``detection:`` section of a run config: image + box data of the ``detection`` task."""
+
+    size: int = 320
+    """Side of the square canvas: each image is resized on load so that its longer side is ``size`` (aspect kept)
+    and placed top-left on a zero canvas; boxes are scaled with it and the test metrics are measured at this size
+    (the reduced resolution of CPU runs)."""
+    train_split: str = "train"
+    """COCO layout: ``annotations/instances_<split>.json`` with images in ``<split>/``; Penn-Fudan: ``train``."""
+    val_split: str | None = None
+    """Validation split for model selection (``None``: ``data.val_fraction`` of the training images, seeded)."""
+    test_split: str = "test"
+    """Test split (Penn-Fudan: ``test``, the last ``test_count`` images by name)."""
+    test_count: int = 50
+    """Penn-Fudan: how many images, last by name, form the test split."""
+    min_box: float = 1.0
+    """Boxes narrower or lower than this many pixels after the resize are dropped (a detector cannot train on a
+    degenerate box)."""
