@@ -27,8 +27,8 @@ class RunSummary:
 
     run: str = ""
     task: str = "classification"
-    metrics: list[str] = field(default_factory=lambda: ["top1", "top5", "ece", "nll"])
-    """The task's metrics, the primary one first."""
+    metrics: list[str] = field(default_factory=list)
+    """The task's metrics, the primary one first (summaries written before it was stored: the ``last`` keys)."""
     method: str = ""
     model: str = ""
     dataset: str = ""
@@ -61,6 +61,10 @@ class RunSummary:
     ensemble: list[dict[str, Any]] | None = None
     """Ensembles of the stages' models: their members and metrics."""
     cost_note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            self.metrics = [k.removeprefix("test_") for k in self.last]
 
     @property
     def primary(self) -> str:

@@ -1,0 +1,29 @@
+"""The run summary is written and read by one class."""
+
+import json
+import math
+from pathlib import Path
+
+from selfdistill.engine import RunSummary
+
+
+def test_summary_round_trip_and_accessors(tmp_path):
+    s = RunSummary(run="runs/x", metrics=["top1", "nll"], seed=3, last={"test_top1": 70.0, "test_nll": 0.9},
+                   seconds_per_epoch=2.0, images_per_s=500.0,
+                   best_val={"epoch": 4, "val_top1": 71.0, "val_nll": 0.8, "test_top1": 69.0, "test_nll": 1.0})
+    s.save(tmp_path / "summary.json")
+    back = RunSummary.load(tmp_path / "summary.json")
+    assert back == s and back.primary == "top1" and back.test("nll") == 0.9
+    assert back.at_best_val("test", "top1") == 69.0 and back.at_best_val("val", "nll") == 0.8
+    assert math.isnan(back.test("ece")) and math.isnan(RunSummary().at_best_val("test", "top1"))
+    assert back.checkpoint() == Path("runs/x/last.pt")
+    staged = RunSummary(run="top", generations=[{"run": "top/gen0"}, {"run": "top/gen1"}])
+    assert staged.checkpoint() == Path("top/gen1/last.pt")  # the exported model is the last stage's
+
+
+def test_older_summaries_read_with_their_metrics_from_the_last_epoch(tmp_path):
+    # a summary written before the metrics were stored, with a key this version does not know
+    (tmp_path / "summary.json").write_text(json.dumps({"seed": 1, "last": {"test_miou": 30.0, "test_pixel_acc": 80.0},
+                                                       "from_another_version": True}))
+    old = RunSummary.load(tmp_path / "summary.json")
+    assert old.metrics == ["miou", "pixel_acc"] and old.primary == "miou" and old.seed == 1
