@@ -115,8 +115,20 @@ def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
     del ck["config"]["data"]["augment"]["cutout"]  # as if written before these options existed
     del ck["config"]["method"]["divergence"]
     torch.save(ck, path)
-    with pytest.raises(ConfigError, match=r"data\.augment\.cutout: None -> 0\.3"):
+    with pytest.raises(ConfigError, match=r"data\.augment\.cutout: 0\.5 -> 0\.3"):  # read at its default
         train(cfg, ["train.epochs=2", "data.augment.cutout=0.3"], resume=True)
+    assert train(cfg, ["train.epochs=2"], resume=True).epochs == 2
+
+
+def test_resume_reads_moved_keys_in_their_new_place(tmp_path):
+    """A classification run saved when every config held the dense tasks' sections under data resumes."""
+    cfg = synthetic_config(tmp_path, name="old", train={"epochs": 1})
+    train(cfg)
+    path = tmp_path / "runs" / "old" / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["data"]["dense"] = {"size": None, "ignore_index": 255}
+    ck["config"]["data"]["detection"] = {"size": 320}
+    torch.save(ck, path)
     assert train(cfg, ["train.epochs=2"], resume=True).epochs == 2
 
 

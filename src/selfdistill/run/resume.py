@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RunConfig, from_dict, to_dict
+from ..config import ConfigError, RunConfig, from_dict, parse_config, to_dict
 
 # keys that may differ between a run's saved config and the one it is resumed with
 RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
@@ -25,7 +26,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resume_config(saved: dict[str, Any], cfg: RunConfig, method_cls: type, run_dir: Path) -> None:
     """Refuse to resume ``run_dir`` with a config that differs from the saved one, beyond :data:`RESUMABLE_CHANGES`;
     a key the saved run did not have yet (added to the library since) is no change at its default value."""
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    with warnings.catch_warnings():  # keys since moved are read in their new place, as a new run reads them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = _flatten(to_dict(parse_config(saved)))
+    new = _flatten(to_dict(cfg))
     defaults = {**_flatten(to_dict(RunConfig())),
                 **{f"method.{k}": v for k, v in to_dict(from_dict(method_cls.Options, {})).items()}}
     diff = sorted(k for k in set(old) | set(new)
