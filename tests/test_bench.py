@@ -111,6 +111,19 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert (f"| 1 | {float(first['train_loss_ce']):.3f} | {float(first['train_loss_kd']):.3f} | "
             f"{float(first['train_kd_raw']):.3f} | {float(first['val_top1']):.3f} |") in terms
 
+    # benchmarks side by side: a run folder and a report's runs.csv give the same paired gains
+    from selfdistill.bench.compare import write_comparison
+
+    ce_by_seed = {int(r["seed"]): float(r["test_top1_last"]) for r in rows if r["method"] == "ce"}
+    ips_rows = [r for r in rows if r["method"] == "ips(p_swap=0.5)"]
+    gains = [float(r["test_top1_last"]) - ce_by_seed[int(r["seed"])] for r in ips_rows]
+    mean = sum(gains) / 2
+    table = write_comparison({"folder": tmp_path / "runs", "csv": report.parent / "runs.csv"},
+                             tmp_path / "cmp").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| `ips(p_swap=0.5)`"))
+    assert row.count(f"{mean:+.2f} ± ") == 2 and row.count("(n=2)") == 2
+    assert "(absolute, n=2)" in next(line for line in table.splitlines() if line.startswith("| `ce`"))
+
     # the screening form: validation numbers only, from several run folders
     other = tmp_path / "more"
     (tmp_path / "runs" / "ips-p_swap=0.5_resnet8_s1").rename(other)

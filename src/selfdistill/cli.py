@@ -122,6 +122,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .bench import write_report
 
+    if args.compare:
+        from .bench.compare import write_comparison
+
+        named = dict(item.split("=", 1) if "=" in item else (Path(item).parent.name, item) for item in args.runs_dir)
+        print(f"comparison written to {write_comparison(named, args.out or 'comparison', args.baseline)}")
+        return 0
     out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
     print(f"report written to {out}")
     if args.readme:
@@ -199,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="report folder (default: the first RUNS_DIR/../report)")
     r.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: tables and curves from the validation split only (for choosing settings)")
+    r.add_argument("--compare", action="store_true",
+                   help="one table of each method's paired gain over the baseline on each benchmark; RUNS_DIR are "
+                        "NAME=PATH, PATH a run folder or a report's runs.csv")
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
     r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
     r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")
