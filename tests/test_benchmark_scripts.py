@@ -92,3 +92,18 @@ def test_throughput_script_writes_its_report(tmp_path):
     assert len(overhead) == 2 and "`ips`" in overhead[1]  # the engine/bare row and the method row
     bare, engine = (float(v) for v in overhead[0].split("|")[2:4])
     assert bare > 0 and engine > 0
+
+
+def test_train_fit_reads_each_runs_clean_training_accuracy(tmp_path):
+    from conftest import synthetic_config
+    from selfdistill import evaluate, train
+
+    for seed in (0, 1):
+        train(synthetic_config(tmp_path, seed=seed, data={"val_fraction": 0.25}, train={"epochs": 1}),
+              log=lambda _: None)
+    runs = tmp_path / "runs"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_fit.py"), str(tmp_path / "out"), str(runs)],
+                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    table = (tmp_path / "out" / "train_fit.md").read_text()
+    clean = [evaluate(runs / f"synthetic_resnet8_ce_s{s}" / "last.pt", split="train")["top1"] for s in (0, 1)]
+    assert f"| resnet8 | `ce` | 2 | {sum(clean) / 2:.2f} ± " in table
