@@ -141,7 +141,16 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     update_readme(readme, report, "selfdistill bench --config grid.yaml")
     new = readme.read_text()
     assert "old" not in new and "| `ce` | 2 |" in new and new.startswith("intro") and new.endswith("outro\n")
-    assert "selfdistill bench --config grid.yaml" in new
+    assert "selfdistill bench --config grid.yaml" in new and "![" not in new
+    # several reports, each with its heading and command, from a manifest through the CLI
+    manifest = tmp_path / "results.yaml"
+    manifest.write_text(yaml.safe_dump([{"report": str(report), "command": "cmd one", "heading": "First"},
+                                        {"report": str(tmp_path / "screen" / "report.md"), "command": "cmd two",
+                                         "heading": "Second"}]))
+    assert main(["report", "--readme", str(readme), "--results", str(manifest)]) == 0
+    both = readme.read_text()
+    assert both.index("### First") < both.index("cmd one") < both.index("### Second") < both.index("cmd two")
+    assert "val top-1 (last)" in both and both.endswith("outro\n")
 
 
 def test_statistics_helpers():

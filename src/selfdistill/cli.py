@@ -121,7 +121,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .bench import write_report
+    from .bench.report import results_sections, update_readme
 
+    if args.results:
+        if not args.readme:
+            raise ConfigError("--results needs --readme (the README whose results block it writes)")
+        update_readme(args.readme, results_sections(args.results))
+        print(f"results block of {args.readme} written from {args.results}")
+        return 0
+    if not args.runs_dir:
+        raise ConfigError("name the run folders to report (or --results with --readme)")
     if args.compare:
         from .bench.compare import write_comparison
 
@@ -131,8 +140,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
     print(f"report written to {out}")
     if args.readme:
-        from .bench.report import update_readme
-
         update_readme(args.readme, out, args.command or f"selfdistill report {' '.join(args.runs_dir)}")
         print(f"results block of {args.readme} updated")
     return 0
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="tables (markdown, CSV) and plots from a tree of runs")
-    r.add_argument("runs_dir", nargs="+", help="folders holding run directories (searched recursively)")
+    r.add_argument("runs_dir", nargs="*", help="folders holding run directories (searched recursively)")
     r.add_argument("--out", help="report folder (default: the first RUNS_DIR/../report)")
     r.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: tables and curves from the validation split only (for choosing settings)")
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
     r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
     r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")
+    r.add_argument("--results", help="with --readme: build the results block from several reports listed in this "
+                                     "YAML file (report, command, heading per entry)")
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="CE vs IPS on scikit-learn's digits, offline (under 2 minutes on CPU)")

@@ -393,6 +393,18 @@ def config_data(source: RunConfig | dict[str, Any] | str | Path | None = None,
     return data
 
 
+def load_yaml_list(path: str | Path) -> list[dict[str, Any]]:
+    """Read a YAML file whose top level is a list of mappings (plain data, safe loader)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file not found: {path}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or []
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ConfigError(f"{path}: the top level must be a list of mappings")
+    return data
+
+
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write plain data as YAML (keys in definition order)."""
     with Path(path).open("w") as fh:
