@@ -29,6 +29,7 @@ from selfdistill.tasks.segmentation import (
 )
 from selfdistill.tasks.segmentation.config import SegmentationConfig
 from selfdistill.tasks.segmentation.methods import DenseIPSOptions
+from selfdistill.tasks.segmentation.ops import pixel_kd_loss
 
 IGNORE = 255
 CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
@@ -151,7 +152,7 @@ class _PixelModel(torch.nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("mode", ["pixel_agree", "class_region", "context"])
+@pytest.mark.parametrize("mode", ["pixel_agree", "class_region", "context", "originals"])
 def test_dense_ips_identical_pair_gives_zero_kd(mode):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, 16, 16, generator=g)
@@ -204,6 +205,29 @@ def test_dense_ips_pixel_agree_matches_a_loop_over_pixels():
     # labels are conserved over the pair
     assert torch.equal(torch.sort(torch.cat([y, yb]).flatten()).values,
                        torch.sort(torch.cat([ya, yb_s]).flatten()).values)
+
+
+def test_dense_ips_originals_teach_each_swapped_pixel_from_its_source_image():
+    """A 1×1-conv model predicts a pixel from that pixel alone: a swapped pixel's prediction equals its source
+    image's, so the term is 0 exactly when every pixel is paired with its own source (the other image's prediction
+    of the same position differs). A 3×3 conv sees the swapped context: the term is then positive."""
+    g = torch.Generator().manual_seed(8)
+    x, xb = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
+    y, yb = torch.randint(0, 3, (1, 8, 8), generator=g), torch.randint(0, 3, (1, 8, 8), generator=g)
+    y[0, 0, 0] = 255  # an unlabelled pixel has no term
+    opt = DenseIPSOptions(dense_kd="originals", grid=2, T=2.0, ratio_low=0.5, ratio_high=0.5)
+    out = DenseIPS(opt, _ctx()).training_step(_PixelModel(), _pair_batch(x, y, xb, yb), 1)
+    assert out.losses["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert float(out.stats["kd_pixels"]) == pytest.approx(127 / 128)
+    wrong = pixel_kd_loss(_PixelModel()(torch.cat([xb, x])), _PixelModel()(torch.cat([x, xb])), torch.cat([y, yb]))
+    assert wrong[0].item() > 1e-3  # the other image's prediction as teacher: not 0
+
+    class Context(_PixelModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+
+    assert DenseIPS(opt, _ctx()).training_step(Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"].item() > 1e-4
 
 
 # -------------------------------------------------------------------------------------------- models

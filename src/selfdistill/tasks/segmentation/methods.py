@@ -20,7 +20,7 @@ from ...engine.distributed import global_mean
 from ...methods.base import Method, NoOptions, StepOutput, register_method
 from ...patch_swap import grid_swap_mask, swap_with_mask
 from ...registry import Registry
-from .ops import _upsample, class_region_loss, pixel_agree_loss
+from .ops import _upsample, class_region_loss, pixel_agree_loss, pixel_kd_loss
 
 SEG_METHODS: Registry[type[Method]] = Registry("method")
 
@@ -60,10 +60,12 @@ class SegCrossEntropy(Method):
 class DenseIPSOptions:
     """Dense IPS options (docs/tasks.md, segmentation)."""
 
-    dense_kd: Literal["pixel_agree", "class_region", "context"] = "pixel_agree"
+    dense_kd: Literal["pixel_agree", "class_region", "context", "originals"] = "pixel_agree"
     """``pixel_agree``: per-pixel KL over co-located same-label pixels; ``class_region``: KL between class-mean
     distributions; ``context``: the originals are forwarded too and each pixel's original- and swapped-context
-    predictions are distilled (4 images per pair)."""
+    predictions are distilled, the more confident teaching (4 images per pair); ``originals``: each swapped image's
+    pixel is taught by the same pixel of the clean image it comes from (a forward of the clean images without
+    gradient)."""
     grid: int = 8
     """Cells per side of the swap grid (8 on 512-px crops gives 64-px cells)."""
     ratio_low: float = 0.0
@@ -124,6 +126,14 @@ class DenseIPS(Method):
         if o.dense_kd == "pixel_agree":
             kd, omega = pixel_agree_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, ignore, share)
             stats["kd_pixels"] = omega.float() / (n * h * w)
+        elif o.dense_kd == "originals":
+            with torch.no_grad():
+                clean = _upsample(model(torch.cat([a.x, b.x])), (h, w))
+            m = mask.expand_as(za)
+            teacher = torch.cat([torch.where(m, clean[n:], clean[:n]), torch.where(m, clean[:n], clean[n:])])
+            kd, omega = pixel_kd_loss(teacher, torch.cat([za, zb]), torch.cat([kd_labels(ya), kd_labels(yb)]), o.T,
+                                      ignore, share)
+            stats["kd_pixels"] = omega.float() / (2 * n * h * w)
         elif o.dense_kd == "class_region":
             kd = class_region_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, o.min_pixels, ignore, share)
         else:

@@ -137,6 +137,19 @@ def pixel_agree_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 
     return T * T * global_mean(kl.sum(), omega.sum(), share), omega.sum()
 
 
+def pixel_kd_loss(z_teacher: Tensor, z_student: Tensor, y: Tensor, T: float = 4.0, ignore_index: int = 255,
+                  share: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """``T²·mean KL(σ_T(sg z_t(u)) ‖ σ_T(z_s(u)))`` over the labelled pixels ``u`` of ``y`` (the teacher given, e.g.
+    the clean image's prediction of the same pixel); 0 without a labelled pixel. Returns ``(loss, |labelled|)``;
+    ``share`` as in :func:`pixel_agree_loss`."""
+    size = y.shape[-2:]
+    zt, zs = _upsample(z_teacher.detach().float(), size), _upsample(z_student.float(), size)
+    valid = y != ignore_index
+    pt, ps = zt.permute(0, 2, 3, 1)[valid], zs.permute(0, 2, 3, 1)[valid]
+    kl = kl_rows(F.softmax(pt / T, 1), F.log_softmax(ps / T, 1))
+    return T * T * global_mean(kl.sum(), valid.sum(), share), valid.sum()
+
+
 def class_region_loss(za: Tensor, zb: Tensor, ya: Tensor, yb: Tensor, T: float = 4.0, min_pixels: int = 64,
                       ignore_index: int = 255, share: tuple[int, int] | None = None) -> Tensor:
     """``class_region``: for every pair and every class present (≥ ``min_pixels``) in both swapped maps, the
