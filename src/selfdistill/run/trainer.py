@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            import warnings
-
             warnings.warn("train.amp=fp16 needs CUDA; using bf16 autocast on CPU instead", stacklevel=2)
             self.amp_dtype = torch.bfloat16
         seed_everything(cfg.seed)
