@@ -295,7 +295,7 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
 
 
 def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
-    from selfdistill.bench.report import _column, _plot_diagnostics
+    from selfdistill.bench.report import _column, _plot_diagnostics, diagnostics_lines
 
     rows = [{"epoch": 1.0, "train_loss_ce": 2.0, "train_loss_kd": 1.0, "train_logit_norm": 3.0},
             {"epoch": 2.0, "train_loss_ce": 1.0, "train_loss_kd": 4.0, "train_logit_norm": 5.0},
@@ -307,3 +307,9 @@ def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
     bare = Run(summary=RunSummary(seed=0), rows=[{"epoch": 1.0, "test_top1": 5.0}])
     assert not _plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+    # the table holds each logged column's last value (mean over seeds), a dash where a cell does not log it
+    other = Run(summary=RunSummary(seed=1), rows=[{"epoch": 1.0, "train_loss_ce": 1.0, "train_loss_kd": 2.0}])
+    table = diagnostics_lines([Cell("ips", [run, other]), Cell("ce", [bare])])
+    assert table[2] == "| method | `logit_norm` | `kd/ce` |"
+    assert table[4:6] == ["| `ips` | 5.000 | 3.000 |", "| `ce` | – | – |"]
+    assert diagnostics_lines([Cell("ce", [bare])]) == []

@@ -337,6 +337,24 @@ def _plot_diagnostics(cells: list[Cell], title: str, path: Path) -> bool:
     return True
 
 
+def diagnostics_lines(cells: list[Cell]) -> list[str]:
+    """A table of the last-epoch value of each diagnostic (:data:`DIAGNOSTICS`) that some run logs, mean over seeds:
+    the numbers behind the diagnostics plot; empty when no run logs any."""
+    keys = [k for _, pairs in DIAGNOSTICS for k, _ in pairs if any(_column(r, k) for c in cells for r in c.runs)]
+    if not keys:
+        return []
+    lines = ["Training diagnostics at the last epoch (mean over seeds; – where a run does not log one):", "",
+             "| method | " + " | ".join(f"`{k.removeprefix('train_')}`" for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for cell in cells:
+        values = []
+        for key in keys:
+            last = [col[-1][1] for r in cell.runs if (col := _column(r, key))]
+            values.append(f"{statistics.fmean(last):.3f}" if last else "–")
+        lines.append(f"| `{cell.label}` | " + " | ".join(values) + " |")
+    return [*lines, ""]
+
+
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
     """Pooled reliability diagrams of the cells that have them; False (and no file) when none has."""
     import matplotlib
@@ -531,7 +549,7 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
             lines += [f"![reliability](reliability_{slug}.png)", ""]
         if _plot_diagnostics(cells, f"{dataset} / {model}: training diagnostics (mean over seeds)",
                              out / f"diagnostics_{slug}.png"):
-            lines += [f"![training diagnostics](diagnostics_{slug}.png)", ""]
+            lines += [f"![training diagnostics](diagnostics_{slug}.png)", "", *diagnostics_lines(cells)]
     _write_csv(runs, out / "runs.csv")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
