@@ -310,6 +310,6 @@ def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
     # the table holds each logged column's last value (mean over seeds), a dash where a cell does not log it
     other = Run(summary=RunSummary(seed=1), rows=[{"epoch": 1.0, "train_loss_ce": 1.0, "train_loss_kd": 2.0}])
     table = diagnostics_lines([Cell("ips", [run, other]), Cell("ce", [bare])])
-    assert table[2] == "| method | `logit_norm` | `kd/ce` |"
+    assert table[2] == "| method | `train_logit_norm` | `kd/ce` |"
     assert table[4:6] == ["| `ips` | 5.000 | 3.000 |", "| `ce` | – | – |"]
     assert diagnostics_lines([Cell("ce", [bare])]) == []

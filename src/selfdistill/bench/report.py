@@ -344,7 +344,7 @@ def diagnostics_lines(cells: list[Cell]) -> list[str]:
     if not keys:
         return []
     lines = ["Training diagnostics at the last epoch (mean over seeds; – where a run does not log one):", "",
-             "| method | " + " | ".join(f"`{k.removeprefix('train_')}`" for k in keys) + " |",
+             "| method | " + " | ".join(f"`{k}`" for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
     for cell in cells:
         values = []
