@@ -287,6 +287,7 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
     run_dir(tmp_path / "staged" / "gen1", [2.0, 3.0, 100.0], [200.0, 150.0, 1.0], seed=2)
     plain, staged = sorted(load_runs(tmp_path), key=lambda r: r.seed)
     assert plain.seconds_per_epoch == 12.0 and plain.images_per_s == 90.0
+    assert plain.checkpoint == tmp_path / "plain" / "last.pt"  # where the record is, not where it was written
     assert staged.seconds_per_epoch == 5.0 + 3.0
     assert staged.images_per_s == pytest.approx(1 / (1 / 50.0 + 1 / 150.0))
     # without timed rows the summary's value stands

@@ -19,6 +19,12 @@ def test_summary_round_trip_and_accessors(tmp_path):
     assert back.checkpoint() == Path("runs/x/last.pt")
     staged = RunSummary(run="top", generations=[{"run": "top/gen0"}, {"run": "top/gen1"}])
     assert staged.checkpoint() == Path("top/gen1/last.pt")  # the exported model is the last stage's
+    # a record moved (or committed from another checkout) points at where it is now; foreign stage paths stay
+    staged.generations.append({"run": "/elsewhere/gen2"})
+    staged.relocate(tmp_path / "moved")
+    assert staged.run == str(tmp_path / "moved")
+    assert [g["run"] for g in staged.generations] == [str(tmp_path / "moved" / "gen0"), str(tmp_path / "moved" / "gen1"),
+                                                      "/elsewhere/gen2"]
 
 
 def test_older_summaries_read_with_their_metrics_from_the_last_epoch(tmp_path):

@@ -114,6 +114,7 @@ def load_runs(root: str | Path) -> list[Run]:
         if any(is_run_dir(d) for d in path.parent.parents if d == root or root in d.parents):
             continue
         summary = RunSummary.load(path)
+        summary.relocate(path.parent)
         stages = [d for d in sorted(run_dirs) if d.parent == path.parent]
         rows = _read_rows(path.parent)
         cfg = summary.config

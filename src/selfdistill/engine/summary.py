@@ -83,6 +83,15 @@ class RunSummary:
         """The checkpoint of the model the run exports: its ``last.pt``, or its last stage's."""
         return Path(self.generations[-1]["run"] if self.generations else self.run) / "last.pt"
 
+    def relocate(self, run_dir: str | Path) -> None:
+        """Point the run's paths (its own and its stages') at ``run_dir``, where its folder is now: a moved run,
+        or a run record committed from another checkout."""
+        old, new = Path(self.run), Path(run_dir)
+        for stage in self.generations or []:
+            path = Path(stage["run"])
+            stage["run"] = str(new / path.relative_to(old)) if path.is_relative_to(old) else stage["run"]
+        self.run = str(new)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-safe)."""
         return dataclasses.asdict(self)
