@@ -23,8 +23,8 @@ def test_summary_round_trip_and_accessors(tmp_path):
     staged.generations.append({"run": "/elsewhere/gen2"})
     staged.relocate(tmp_path / "moved")
     assert staged.run == str(tmp_path / "moved")
-    assert [g["run"] for g in staged.generations] == [str(tmp_path / "moved" / "gen0"), str(tmp_path / "moved" / "gen1"),
-                                                      "/elsewhere/gen2"]
+    moved = tmp_path / "moved"
+    assert [g["run"] for g in staged.generations] == [str(moved / "gen0"), str(moved / "gen1"), "/elsewhere/gen2"]
 
 
 def test_older_summaries_read_with_their_metrics_from_the_last_epoch(tmp_path):
