@@ -38,8 +38,8 @@ GRID = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("benchmarks/*/grid.yaml")),
-                         ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", sorted(REPO.glob("benchmarks/*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_committed_benchmark_grids_are_valid(path, tmp_path):
     """Every benchmark grid in the repository expands into validated run configs (a typo fails here, not in a
     multi-hour grid)."""
