@@ -295,11 +295,15 @@ def _column(run: Run, key: str) -> list[tuple[float, float]]:
     return [(r["epoch"], r[key]) for r in run.rows if key in r]
 
 
+def _logged(cells: list[Cell], key: str) -> bool:
+    """Whether some run of ``cells`` logs the diagnostic column ``key``."""
+    return any(_column(r, key) for c in cells for r in c.runs)
+
+
 def _plot_diagnostics(cells: list[Cell], title: str, path: Path) -> bool:
     """Per-epoch training diagnostics (:data:`DIAGNOSTICS`) of every cell that logs them, mean over seeds; False
     (and no file) when no run logs any."""
-    panels = [(name, keys) for name, keys in DIAGNOSTICS
-              if any(_column(r, k) for c in cells for r in c.runs for k, _ in keys)]
+    panels = [(name, keys) for name, keys in DIAGNOSTICS if any(_logged(cells, k) for k, _ in keys)]
     if not panels:
         return False
     import matplotlib
@@ -341,7 +345,7 @@ def _plot_diagnostics(cells: list[Cell], title: str, path: Path) -> bool:
 def diagnostics_lines(cells: list[Cell]) -> list[str]:
     """A table of the last-epoch value of each diagnostic (:data:`DIAGNOSTICS`) that some run logs, mean over seeds:
     the numbers behind the diagnostics plot; empty when no run logs any."""
-    keys = [k for _, pairs in DIAGNOSTICS for k, _ in pairs if any(_column(r, k) for c in cells for r in c.runs)]
+    keys = [k for _, pairs in DIAGNOSTICS for k, _ in pairs if _logged(cells, k)]
     if not keys:
         return []
     lines = ["Training diagnostics at the last epoch (mean over seeds; – where a run does not log one):", "",
