@@ -83,3 +83,24 @@ def test_docs_config_reference_is_up_to_date():
     assert doc.read_text().strip() == full_reference().strip(), "regenerate: selfdistill list config > docs/config.md"
     assert "|  |" not in full_reference()  # every key is described, method options included
     assert "| `method.teacher_rule` |" in full_reference()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_its_kernels_warns_and_still_trains_in_bf16(monkeypatch, native):
+    import warnings
+
+    import torch
+
+    from selfdistill.run import resolve
+
+    assert isinstance(resolve.cpu_bf16_supported(), bool)  # the real probe answers on any build
+    monkeypatch.setattr(resolve, "cpu_bf16_supported", lambda: native)
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve.resolve_amp("bf16", cpu) is torch.bfloat16
+        assert resolve.resolve_amp("none", cpu) is None
+    slow = [w for w in caught if "train.amp=none" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    with pytest.warns(UserWarning, match="fp16 needs CUDA"):
+        assert resolve.resolve_amp("fp16", cpu) is torch.bfloat16

@@ -170,7 +170,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: Literal["none", "bf16", "fp16"] = "none"
-    """Autocast precision (losses stay fp32; fp16 uses a GradScaler; fp16 on CPU falls back to bf16)."""
+    """Autocast precision (losses stay fp32; fp16 uses a GradScaler; fp16 on CPU falls back to bf16; bf16 on a CPU
+    without AVX-512 warns: emulated there, many times slower than fp32)."""
     ema_decay: float = 0.0
     """Keep an EMA copy of the model and evaluate it as well (0 = off)."""
     eval_every: int = 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ..engine.summary import RunSummary, metric_results, run_environment
 from ..methods import MethodContext
 from ..tasks import get_task
 from .evaluation import evaluate_split
-from .resolve import resolve_device
+from .resolve import resolve_amp, resolve_device
 from .resume import check_resume_config
 
 CHECKPOINT = "last.pt"
@@ -60,10 +59,7 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            warnings.warn("train.amp=fp16 needs CUDA; using bf16 autocast on CPU instead", stacklevel=2)
-            self.amp_dtype = torch.bfloat16
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.data = self.task.data_module(cfg, self.device, self.dist.rank, self.dist.world, fmt)
