@@ -106,4 +106,4 @@ def test_train_fit_reads_each_runs_clean_training_accuracy(tmp_path):
                    check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     table = (tmp_path / "out" / "train_fit.md").read_text()
     clean = [evaluate(runs / f"synthetic_resnet8_ce_s{s}" / "last.pt", split="train")["top1"] for s in (0, 1)]
-    assert f"| resnet8 | `ce` | 2 | {sum(clean) / 2:.2f} ± " in table
+    assert "## resnet8" in table and f"| `ce` | 2 | {sum(clean) / 2:.2f} ± " in table

@@ -276,6 +276,28 @@ def test_term_gradient_norms_are_logged_and_change_nothing(tmp_path):
         assert "train_gradnorm_ce" not in next(csv.DictReader(fh))
 
 
+def test_eval_train_scores_the_final_model_on_its_clean_training_images_and_the_report_tabulates_it(tmp_path):
+    from selfdistill.bench import write_report
+
+    data = {"synthetic_size": 96, "val_fraction": 0.25}
+    fits = []
+    for seed in (0, 1):
+        cfg = synthetic_config(tmp_path, name=f"s{seed}", seed=seed, data=data, train={"epochs": 1, "eval_train": True})
+        s = train(cfg, log=lambda _: None)
+        again = evaluate(f"{_run_dir(cfg)}/last.pt", split="train")  # the same clean pass, from the checkpoint
+        assert set(s.train_fit) == {"top1", "top5", "nll", "ece"}
+        assert s.train_fit["top1"] == pytest.approx(again["top1"]) and s.train_fit["nll"] == pytest.approx(
+            again["nll"], rel=1e-4)
+        with open(f"{_run_dir(cfg)}/summary.json") as fh:
+            assert json.load(fh)["train_fit"] == s.train_fit
+        fits.append(s.train_fit["top1"])
+    plain = train(synthetic_config(tmp_path, name="plain", data=data, train={"epochs": 1}), log=lambda _: None)
+    assert plain.train_fit == {}
+    report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+    mean = statistics.fmean(fits)
+    assert "Training fit" in report and f"| `ce` | 2 | {mean:.2f} ± " in report  # the run without it is left out
+
+
 def test_term_gradient_norm_golden():
     from selfdistill.engine.optim import term_grad_norms
 

@@ -188,6 +188,9 @@ class TrainConfig:
     """Ask torch for deterministic kernels (warns where none exists)."""
     threads: int = 0
     """torch intra-op threads (0 = torch default)."""
+    eval_train: bool = False
+    """After the last epoch, score the final model on its own training images without augmentation (one more pass
+    over the training set): ``train_fit`` in the summary, the fit table of ``selfdistill report``."""
     grad_norm_every: int = 0
     """Every N steps, measure the gradient norm of each loss term on the network's weights (one extra backward per
     term, on each rank's own shard; nothing else changes); logged per epoch as ``train_gradnorm_<term>`` (0 = off)."""

@@ -360,6 +360,29 @@ def diagnostics_lines(cells: list[Cell]) -> list[str]:
     return [*lines, ""]
 
 
+def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
+    """How well each method fits its own training images: the final model's primary metric on them without
+    augmentation (``train.eval_train``) beside its validation (and ``split``) value at the last epoch, and the gap
+    between training and validation; mean ± std over the seeds that measured it; empty when none did."""
+    main = task_metrics(cells)[0] if cells else ""
+    measured = [(c, runs) for c in cells if (runs := [r for r in c.runs if main in r.summary.train_fit])]
+    if not measured:
+        return []
+    splits = ["val", "test"] if split == "test" else ["val"]
+    lines = [f"Training fit: the final model on its own training images without augmentation "
+             f"(`train.eval_train`), last epoch; the gap is training minus validation {LABELS[main]}:", "",
+             f"| method | n | train {LABELS[main]} (clean) | "
+             + " | ".join(f"{s} {LABELS[main]}" for s in splits) + " | gap |", "|---|---|---|" + "---|" * len(splits)
+             + "---|"]
+    for cell, runs in measured:
+        fit = [r.summary.train_fit[main] for r in runs]
+        held = {s: [r.metric(s, main) for r in runs] for s in splits}
+        gap = [a - b for a, b in zip(fit, held["val"], strict=True)]
+        lines.append(f"| `{cell.label}` | {len(runs)} | {fmt(*mean_std(fit))} | "
+                     + " | ".join(fmt(*mean_std(held[s])) for s in splits) + f" | {fmt(*mean_std(gap))} |")
+    return ["", *lines, ""]
+
+
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
     """Pooled reliability diagrams of the cells that have them; False (and no file) when none has."""
     import matplotlib
@@ -542,6 +565,7 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
                      if any("[" in c.label for c in cells) else "."), ""]
         supervised = [c for c in cells if c.runs[0].summary.supervised]
         lines += group_table(supervised, baseline, split) if supervised else []
+        lines += fit_lines(supervised, split)
         if split == "test":
             lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)
             lines += self_supervised_lines([c for c in cells if c not in supervised]) + per_class_lines(supervised)

@@ -45,6 +45,8 @@ class RunSummary:
     eval_models_last: dict[str, dict[str, float]] = field(default_factory=dict)
     """Other models a method evaluates (BYOT's exits, the mean teacher's EMA model): their test metrics."""
     last_test_reliability: dict[str, list[float]] | None = None
+    train_fit: dict[str, float] = field(default_factory=dict)
+    """The final model's metrics on its own training images without augmentation (``train.eval_train``)."""
     seconds_per_epoch: float = math.nan
     images_per_s: float = math.nan
     passes_per_step: float = 1.0

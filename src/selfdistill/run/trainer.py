@@ -167,7 +167,8 @@ class Trainer:
                 tb.scalars(row, epoch)
         finally:
             tb.close()
-        summary = self._summary()
+        fit = self._evaluate(self.model, self.data.train).compute() if cfg.train.eval_train else {}
+        summary = self._summary({k: v for k, v in fit.items() if k != "n"})
         if self.dist.is_main:
             summary.save(self.run_dir / "summary.json")
         return summary
@@ -275,7 +276,7 @@ class Trainer:
         row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
         return row
 
-    def _summary(self) -> RunSummary:
+    def _summary(self, train_fit: dict[str, float]) -> RunSummary:
         metrics = self.task.metrics
         results, last = metric_results(self.history, metrics)
         return RunSummary(
@@ -285,7 +286,8 @@ class Trainer:
             extra_last={k: last[k] for k in sorted(self.extra_keys) if k in last},
             eval_models_last={name: {m: last[f"{name}_test_{m}"] for m in metrics}
                               for name in self.method.eval_models() if f"{name}_test_{metrics[0]}" in last},
-            last_test_reliability=self.reliability, passes_per_step=self.cost, teachers=self.teacher_metrics,
+            last_test_reliability=self.reliability, train_fit=train_fit, passes_per_step=self.cost,
+            teachers=self.teacher_metrics,
             steps_per_epoch=self.steps_per_epoch, num_params=sum(p.numel() for p in self.model.parameters()),
             num_train=len(self.data.train), num_val=0 if self.data.val is None else len(self.data.val),
             num_test=len(self.data.test), config=to_dict(self.cfg), env=run_environment(self.device, self.dist.world))
