@@ -100,7 +100,7 @@ def test_bf16_on_a_cpu_without_its_kernels_warns_and_still_trains_in_bf16(monkey
         warnings.simplefilter("always")
         assert resolve.resolve_amp("bf16", cpu) is torch.bfloat16
         assert resolve.resolve_amp("none", cpu) is None
-    slow = [w for w in caught if "train.amp=none" in str(w.message)]
-    assert len(slow) == (0 if native else 1)
-    with pytest.warns(UserWarning, match="fp16 needs CUDA"):
-        assert resolve.resolve_amp("fp16", cpu) is torch.bfloat16
+        assert resolve.resolve_amp("fp16", cpu) is torch.bfloat16  # no fp16 autocast off CUDA: bf16
+    messages = [str(w.message) for w in caught]
+    assert sum("train.amp=none" in m for m in messages) == (0 if native else 2)  # bf16, and fp16's fallback
+    assert sum("fp16 needs CUDA" in m for m in messages) == 1
