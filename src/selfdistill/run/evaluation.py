@@ -19,6 +19,11 @@ from .resolve import resolve_config, resolve_device
 
 
 @torch.no_grad()
+def without_count(metrics: dict[str, float]) -> dict[str, float]:
+    """An evaluator's metrics without its sample count ``n``: the values a run reports."""
+    return {k: v for k, v in metrics.items() if k != "n"}
+
+
 def evaluate_split(model: nn.Module, data: Any, split: Any, task: Task, device: torch.device,
                    dist: DistInfo | None = None, amp_dtype: torch.dtype | None = None) -> Evaluator:
     """The task's evaluator of ``model`` on ``split`` of ``data`` (this rank's shard, then reduced over ranks), in
@@ -73,7 +78,7 @@ def score_ensemble(checkpoints: list[Path], cfg: RunConfig) -> dict[str, float]:
     ensemble = MeanSoftmax([load_run_model(p, device) for p in checkpoints])
     splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
     return {f"{name}_{m}": v for name, split in splits.items()
-            for m, v in evaluate_split(ensemble, data, split, task, device).compute().items() if m != "n"}
+            for m, v in without_count(evaluate_split(ensemble, data, split, task, device).compute()).items()}
 
 
 def evaluate(checkpoint: str | Path, overrides: list[str] | None = None, split: str = "test",

@@ -21,7 +21,7 @@ from ..engine.optim import ModelEMA, build_optimizer, build_scheduler, non_finit
 from ..engine.summary import RunSummary, metric_results, run_environment
 from ..methods import MethodContext
 from ..tasks import get_task
-from .evaluation import evaluate_split
+from .evaluation import evaluate_split, without_count
 from .resolve import resolve_amp, resolve_device
 from .resume import check_resume_config
 
@@ -168,7 +168,7 @@ class Trainer:
         finally:
             tb.close()
         fit = self._evaluate(self.model, self.data.train).compute() if cfg.train.eval_train else {}
-        summary = self._summary({k: v for k, v in fit.items() if k != "n"})
+        summary = self._summary(without_count(fit))
         if self.dist.is_main:
             summary.save(self.run_dir / "summary.json")
         return summary
