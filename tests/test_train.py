@@ -307,3 +307,25 @@ def test_term_gradient_norm_golden():
     out = model(torch.tensor([[3.0, 4.0]])).sum()  # d/dw = x → norm 5; 2·out → 10
     norms = term_grad_norms({"a": out, "b": 2 * out, "c": torch.tensor(1.0)}, list(model.parameters()))
     assert norms["a"].item() == pytest.approx(5.0) and norms["b"].item() == pytest.approx(10.0) and "c" not in norms
+
+
+def test_evaluate_split_runs_without_autograd_and_restores_training_mode():
+    """Evaluation builds no graph (no activations kept for a backward pass) and leaves the model's mode as it was."""
+    from selfdistill.run.evaluation import evaluate_split
+    from selfdistill.tasks import get_task
+
+    seen: list[tuple[bool, bool]] = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), self.training))
+            return super().forward(x)
+
+    class Data:
+        def eval_batches(self, split):
+            yield torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+
+    model = Probe(3, 3).train()
+    metrics = evaluate_split(model, Data(), None, get_task("classification"), torch.device("cpu")).compute()
+    assert seen == [(False, False)]
+    assert model.training and metrics["n"] == 4

@@ -18,12 +18,12 @@ from ..tasks import Evaluator, Task, get_task
 from .resolve import resolve_config, resolve_device
 
 
-@torch.no_grad()
 def without_count(metrics: dict[str, float]) -> dict[str, float]:
     """An evaluator's metrics without its sample count ``n``: the values a run reports."""
     return {k: v for k, v in metrics.items() if k != "n"}
 
 
+@torch.no_grad()
 def evaluate_split(model: nn.Module, data: Any, split: Any, task: Task, device: torch.device,
                    dist: DistInfo | None = None, amp_dtype: torch.dtype | None = None) -> Evaluator:
     """The task's evaluator of ``model`` on ``split`` of ``data`` (this rank's shard, then reduced over ranks), in
