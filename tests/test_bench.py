@@ -314,3 +314,15 @@ def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
     assert table[2] == "| method | `train_logit_norm` | `kd/ce` |"
     assert table[4:6] == ["| `ips` | 5.000 | 3.000 |", "| `ce` | – | – |"]
     assert diagnostics_lines([Cell("ce", [bare])]) == []
+
+
+def test_report_names_the_machines_when_a_groups_runs_ran_on_several():
+    from selfdistill.bench.report import machine_lines
+
+    def run(seed, device_name, plat="Linux-x"):
+        return Run(summary=RunSummary(seed=seed, env={"device_name": device_name, "platform": plat}), rows=[])
+
+    assert machine_lines([Cell("ce", [run(0, "cpu A"), run(1, "cpu A")]), Cell("ips", [run(0, "cpu A")])]) == []
+    lines = machine_lines([Cell("ce", [run(0, "cpu A"), run(1, "cpu B")]), Cell("ips", [run(0, "cpu A", "Linux-y")])])
+    assert "3 machines" in lines[1]
+    assert lines[3:6] == ["- cpu A · Linux-x: `ce` s0", "- cpu B · Linux-x: `ce` s1", "- cpu A · Linux-y: `ips` s0"]

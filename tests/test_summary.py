@@ -33,3 +33,22 @@ def test_older_summaries_read_with_their_metrics_from_the_last_epoch(tmp_path):
                                                        "from_another_version": True}))
     old = RunSummary.load(tmp_path / "summary.json")
     assert old.metrics == ["miou", "pixel_acc"] and old.primary == "miou" and old.seed == 1
+
+
+def test_cpu_name_reads_the_first_cpu_and_its_speed_deciding_extensions():
+    from selfdistill.engine.summary import cpu_name
+
+    block = "processor\t: {i}\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 avx512_vnni\n"
+    info = "\n".join(block.format(i=i) for i in range(2))
+    assert cpu_name(info) == "Example CPU 9000 [avx2 avx512f amx_bf16]"
+    assert cpu_name("processor\t: 0\nmodel name\t: Plain CPU\nflags\t: fpu sse2\n") == "Plain CPU []"
+    assert cpu_name("") not in ("", "Example CPU 9000")  # no cpuinfo: the platform's processor string
+
+
+def test_run_environment_records_the_device_and_threads():
+    import torch
+
+    from selfdistill.engine.summary import cpu_name, run_environment
+
+    env = run_environment(torch.device("cpu"), 1)
+    assert env["device_name"] == cpu_name() and env["threads"] == torch.get_num_threads() and env["world_size"] == 1

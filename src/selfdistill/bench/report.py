@@ -383,6 +383,21 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
     return ["", *lines, ""]
 
 
+def machine_lines(cells: list[Cell]) -> list[str]:
+    """Which machine (device name and platform, from each summary's ``env``) ran which rows, when a group's runs
+    ran on more than one: its timing columns then compare machines as well as methods. Empty otherwise."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for cell in cells:
+        for run in cell.runs:
+            env = run.summary.env
+            where[f"{env.get('device_name', '?')} · {env.get('platform', '?')}"].append(f"`{cell.label}` s{run.seed}")
+    if len(where) < 2:
+        return []
+    return ["", f"These runs ran on {len(where)} machines (device · platform): s/epoch, img/s and step time compare "
+            "runs of one machine only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items()),
+            ""]
+
+
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
     """Pooled reliability diagrams of the cells that have them; False (and no file) when none has."""
     import matplotlib
@@ -565,6 +580,7 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
                      if any("[" in c.label for c in cells) else "."), ""]
         supervised = [c for c in cells if c.runs[0].summary.supervised]
         lines += group_table(supervised, baseline, split) if supervised else []
+        lines += machine_lines(supervised)
         lines += fit_lines(supervised, split)
         if split == "test":
             lines += teacher_lines(supervised) + eval_model_lines(supervised) + generation_lines(supervised)

@@ -152,9 +152,29 @@ def git_sha() -> str | None:
         return None
 
 
+# instruction-set extensions that decide which CPU kernels run (bf16 autocast is emulated without avx512_bf16/amx)
+_CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its speed-deciding extensions, e.g. ``Intel(R) Xeon(R) Processor [avx2 avx512f]``,
+    read from ``cpuinfo`` (default: Linux's ``/proc/cpuinfo``); the platform's processor string elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    first = cpuinfo.split("\n\n", 1)[0]  # one block per logical CPU: the first describes them all
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    return f"{fields['model name']} [{' '.join(f for f in _CPU_FEATURES if f in flags)}]"
+
+
 def run_environment(device: torch.device, world_size: int) -> dict[str, Any]:
-    """Library version and commit, torch, Python, platform and device of a run."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    """Library version and commit, torch, Python, platform, device (with the CPU's extensions) and threads of a run."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"selfdistill": __version__, "git_sha": git_sha(), "torch": torch.__version__,
             "python": sys.version.split()[0], "platform": platform.platform(), "device": str(device),
-            "device_name": name, "world_size": world_size}
+            "device_name": name, "threads": torch.get_num_threads(), "world_size": world_size}
