@@ -394,8 +394,7 @@ def machine_lines(cells: list[Cell]) -> list[str]:
     if len(where) < 2:
         return []
     return ["", f"These runs ran on {len(where)} machines (device · platform): s/epoch, img/s and step time compare "
-            "runs of one machine only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items()),
-            ""]
+            "runs of one machine only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items())]
 
 
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
