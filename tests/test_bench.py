@@ -324,5 +324,5 @@ def test_report_names_the_machines_when_a_groups_runs_ran_on_several():
 
     assert machine_lines([Cell("ce", [run(0, "cpu A"), run(1, "cpu A")]), Cell("ips", [run(0, "cpu A")])]) == []
     lines = machine_lines([Cell("ce", [run(0, "cpu A"), run(1, "cpu B")]), Cell("ips", [run(0, "cpu A", "Linux-y")])])
-    assert "3 machines" in lines[1]
+    assert "3 environments" in lines[1]
     assert lines[3:6] == ["- cpu A · Linux-x: `ce` s0", "- cpu B · Linux-x: `ce` s1", "- cpu A · Linux-y: `ips` s0"]

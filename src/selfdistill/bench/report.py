@@ -384,8 +384,8 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
 
 
 def machine_lines(cells: list[Cell]) -> list[str]:
-    """Which machine (device name and platform, from each summary's ``env``) ran which rows, when a group's runs
-    ran on more than one: its timing columns then compare machines as well as methods. Empty otherwise."""
+    """Which environment (device name and platform, from each summary's ``env``) ran which rows, when a group's runs
+    recorded more than one: its timing columns then compare machines as well as methods. Empty otherwise."""
     where: dict[str, list[str]] = defaultdict(list)
     for cell in cells:
         for run in cell.runs:
@@ -393,8 +393,9 @@ def machine_lines(cells: list[Cell]) -> list[str]:
             where[f"{env.get('device_name', '?')} · {env.get('platform', '?')}"].append(f"`{cell.label}` s{run.seed}")
     if len(where) < 2:
         return []
-    return ["", f"These runs ran on {len(where)} machines (device · platform): s/epoch, img/s and step time compare "
-            "runs of one machine only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items())]
+    return ["", f"These runs recorded {len(where)} environments (device · platform; records written before the CPU's "
+            "name was stored give only its architecture): s/epoch, img/s and step time compare runs of one "
+            "environment only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items())]
 
 
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
