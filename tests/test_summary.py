@@ -54,3 +54,13 @@ def test_run_environment_records_the_device_and_threads():
 
     env = run_environment(torch.device("cpu"), 1)
     assert env["device_name"] == cpu_name() and env["threads"] == torch.get_num_threads() and env["world_size"] == 1
+
+
+def test_git_sha_prefers_the_exported_commit(monkeypatch):
+    from selfdistill.engine.summary import git_sha
+
+    monkeypatch.setenv("SELFDISTILL_GIT_SHA", "0123abcd")  # a `git archive` copy has no .git to ask
+    assert git_sha() == "0123abcd"
+    monkeypatch.delenv("SELFDISTILL_GIT_SHA")
+    sha = git_sha()  # this checkout (or None when the tests run from a copy without .git)
+    assert sha is None or (len(sha) == 40 and int(sha, 16) >= 0)

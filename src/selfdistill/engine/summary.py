@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -143,7 +144,10 @@ def metric_results(history: list[dict[str, float]], metrics: tuple[str, ...] | l
 
 
 def git_sha() -> str | None:
-    """The library checkout's commit, if it is a git checkout."""
+    """The library's commit: ``$SELFDISTILL_GIT_SHA`` if set (a copy exported from git, e.g. by ``git archive``,
+    has no ``.git`` to ask), else the checkout's ``HEAD``; None outside a git checkout."""
+    if os.environ.get("SELFDISTILL_GIT_SHA"):
+        return os.environ["SELFDISTILL_GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5, check=True)
