@@ -16,6 +16,7 @@ from selfdistill.bench.report import (
     Cell,
     Run,
     eval_model_lines,
+    group_table,
     load_runs,
     mean_std,
     per_class_lines,
@@ -255,6 +256,22 @@ def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
     assert lines[5:] == ["| `ce` | 15.0 | – |", "| `ips` | 30.0 | 1.2 |"]
     assert per_class_lines([Cell("ce", [run(0, {"ap_person": 50.0})])]) == []
     assert per_class_lines([Cell("ce", [run(0, {})])]) == []
+
+
+def test_group_table_pairs_seeds_with_the_baseline_and_dashes_a_row_with_none():
+    def run(seed: int, top1: float) -> Run:
+        summary = RunSummary(seed=seed, metrics=["top1"], last={"test_top1": top1}, seconds_per_epoch=10.0,
+                             images_per_s=100.0, steps_per_epoch=5)
+        return Run(summary=summary, rows=[])
+
+    ce = Cell("ce", [run(0, 70.0), run(1, 72.0)])
+    both = Cell("ips", [run(0, 71.5), run(1, 72.5)])  # per-seed gains +1.5 and +0.5
+    one = Cell("ips_s1", [run(1, 74.0)])
+    unpaired = Cell("ips_s2", [run(2, 80.0)])  # no seed in common with CE
+    rows = [line.split(" | ") for line in group_table([ce, both, one, unpaired], "ce")[2:]]
+    delta = [r[4] for r in rows]
+    assert delta == ["–", "+1.00 ± 0.71 (n=2)", "+2.00 (n=1)", "–"]
+    assert [r[2] for r in rows] == ["71.00 ± 1.41", "72.00 ± 0.71", "74.00", "80.00"]
 
 
 def test_other_models_table_is_the_seed_mean_per_model():

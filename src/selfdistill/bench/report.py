@@ -226,7 +226,7 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
         values = cell.values(last)
         if base is not None and cell is not base:
             g, gs, n = paired_gain(cell, base, last)
-            gain = f"{g:+.2f} ± {gs:.2f} (n={n})" if not math.isnan(gs) else f"{g:+.2f} (n={n})"
+            gain = "–" if n == 0 else f"{g:+.2f} ± {gs:.2f} (n={n})" if n > 1 else f"{g:+.2f} (n={n})"
             p = welch_p(values, base.values(last))
             p_text = "–" if math.isnan(p) else f"{p:.3f}"
         else:
