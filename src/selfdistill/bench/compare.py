@@ -8,12 +8,11 @@ benchmark whose run folders are not kept can still be compared.
 from __future__ import annotations
 
 import csv
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import fmt, load_runs, mean_std
+from .report import fmt, fmt_gain, load_runs, mean_std
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,7 @@ def comparison_lines(benchmarks: dict[str, str | Path], baseline: str = "ce") ->
                 cells.append(f"{fmt(*mean_std(list(runs.values())))} (absolute, n={len(runs)})")
             else:
                 diffs = [runs[s] - base[s] for s in sorted(set(runs) & set(base))]
-                m, sd = mean_std(diffs)
-                cells.append("–" if math.isnan(m) else f"{m:+.2f}" + ("" if math.isnan(sd) else f" ± {sd:.2f}")
-                             + f" (n={len(diffs)})")
+                cells.append(fmt_gain(*mean_std(diffs), len(diffs)))
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     return lines
 

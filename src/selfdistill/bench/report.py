@@ -168,11 +168,17 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
 
-def fmt(mean: float, std: float, digits: int = 2) -> str:
-    """``mean ± std`` (or ``mean`` when std is undefined, ``–`` when mean is)."""
+def fmt(mean: float, std: float, digits: int = 2, signed: bool = False) -> str:
+    """``mean ± std`` (or ``mean`` when std is undefined, ``–`` when mean is); ``signed`` writes the mean's sign."""
     if math.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    m = f"{mean:{'+' if signed else ''}.{digits}f}"
+    return m if math.isnan(std) else f"{m} ± {std:.{digits}f}"
+
+
+def fmt_gain(mean: float, std: float, n: int) -> str:
+    """A paired gain: signed ``mean ± std (n=…)`` over ``n`` paired seeds, ``–`` without one."""
+    return "–" if math.isnan(mean) else f"{fmt(mean, std, signed=True)} (n={n})"
 
 
 def welch_p(a: list[float], b: list[float]) -> float:
@@ -225,8 +231,7 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
     for cell in cells:
         values = cell.values(last)
         if base is not None and cell is not base:
-            g, gs, n = paired_gain(cell, base, last)
-            gain = "–" if n == 0 else f"{g:+.2f} ± {gs:.2f} (n={n})" if n > 1 else f"{g:+.2f} (n={n})"
+            gain = fmt_gain(*paired_gain(cell, base, last))
             p = welch_p(values, base.values(last))
             p_text = "–" if math.isnan(p) else f"{p:.3f}"
         else:
