@@ -163,13 +163,28 @@ def test_statistics_helpers():
 
 
 def test_method_label_names_changed_options_but_not_the_teacher_source():
-    assert method_label({"name": "ips", "teacher_rule": "symmetric", "T": 4.0}) == "ips(teacher_rule=symmetric)"
+    assert method_label({"name": "ips", "teacher_rule": "always_a", "T": 4.0}) == "ips(teacher_rule=always_a)"
     assert method_label({"name": "mean_teacher", "teacher_bn": "copy"}) == "mean_teacher(teacher_bn=copy)"
     # a preset's own values are not differences: only what the run changes on top of it
     spec = resolve_config({"method": {"name": "ips", "preset": "spec", "T": 1.0}}).method
     assert method_label(spec) == "ips(preset=spec, T=1.0)"
     assert method_label({"name": "kd", "teacher": "runs/t/last.pt", "teacher_model": "resnet20",
                          "teacher_mode": "train"}) == "kd(teacher_mode=train)"
+
+
+def test_method_label_is_the_shortest_of_the_defaults_and_the_presets():
+    def label(**opts):
+        return method_label(resolve_config({"method": {"name": "ips", **opts}}).method)
+
+    # a preset plus overrides that add up to the defaults is the defaults
+    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1, ce_inputs="swapped+original") == "ips"
+    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1) == "ips(ce_inputs=swapped)"
+    # a run that names no preset but has a preset's values is labelled by it (a run made under earlier defaults)
+    assert label(teacher_rule="confidence", lambda_kd=1.0, ce_inputs="swapped") == "ips(preset=spec)"
+    # a tie keeps the preset the run names, else the defaults
+    assert label(preset="spec", lambda_kd=0.0, ce_inputs="swapped+original") == (
+        "ips(preset=spec, lambda_kd=0.0, ce_inputs=swapped+original)")
+    assert label(teacher_rule="confidence", lambda_kd=0.0) == "ips(teacher_rule=confidence, lambda_kd=0.0)"
 
 
 def test_runs_of_one_method_with_other_settings_get_their_own_label(tmp_path):

@@ -68,9 +68,12 @@ def test_two_processes_match_one(tmp_path, method):
     _run(cfg("two"), tmp_path / "two.yaml", 2)
     one = load_checkpoint(tmp_path / "runs" / "one" / "last.pt")
     two = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")
+    # float32 sums taken in another order drift over the three steps: single weights end up to ~2e-5 apart on
+    # some seeds (IPS at its defaults: 5e-6 on this one); the faults this test is for (BatchNorm or a teacher not
+    # synchronised) put them ~2e-3 apart
     for k, v in one["model"].items():
         if v.dtype.is_floating_point:
-            torch.testing.assert_close(two["model"][k], v, atol=2e-6, rtol=0.0, msg=k)
+            torch.testing.assert_close(two["model"][k], v, atol=3e-5, rtol=0.0, msg=k)
         else:
             assert torch.equal(two["model"][k], v), k
     if method["name"] == "pskd":  # the memory holds every sample's row on every rank

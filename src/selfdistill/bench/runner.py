@@ -69,18 +69,27 @@ TEACHER_SOURCE = ("teacher", "teacher_model", "teacher_kwargs", "teacher_mean", 
 
 
 def method_label(method: dict[str, Any], task: str = "classification") -> str:
-    """``name`` plus the options that differ from the method's defaults (under ``task``; those of its preset when it
-    names one), e.g. ``ips(p_swap=0.5)`` or ``ips(preset=spec, T=1.0)`` (the teacher's source and the generation
-    index are left out: the report lists teachers separately)."""
+    """``name`` plus the options that differ from the method's defaults (under ``task``), e.g. ``ips(p_swap=0.5)``,
+    or from one of its presets when that names fewer, e.g. ``ips(preset=spec, T=1.0)``; on a tie the preset the
+    run names wins, then the defaults. Runs with the same options thus get the same label however they were spelled
+    (a preset plus overrides that add up to the defaults is plain ``ips``), and a run keeps its label when the
+    defaults change. The teacher's source and the generation index are left out: the report lists teachers
+    separately."""
     registry = get_task(task).methods
     defaults = describe_method(method["name"], registry)["options"]
-    if method.get("preset"):
-        defaults.update(registry.get(method["name"]).PRESETS.get(method["preset"], {}))
-    diff = [f"{k}={v}" for k, v in method.items()
-            if k not in ("name", "preset", "generation", *TEACHER_SOURCE) and defaults.get(k) != v]
-    if method.get("preset"):
-        diff.insert(0, f"preset={method['preset']}")
-    return f"{method['name']}({', '.join(diff)})" if diff else method["name"]
+    presets = registry.get(method["name"]).PRESETS
+    named = method.get("preset")
+    order = [named] if named in presets else []
+    order += [None, *sorted(p for p in presets if p != named)]
+
+    def diff(preset: str | None) -> list[str]:
+        base = {**defaults, **presets.get(preset, {})} if preset else defaults
+        return [f"{k}={v}" for k, v in method.items()
+                if k not in ("name", "preset", "generation", *TEACHER_SOURCE) and base.get(k) != v]
+
+    preset = min(order, key=lambda p: len(diff(p)))  # the first of the shortest
+    parts = ([f"preset={preset}"] if preset else []) + diff(preset)
+    return f"{method['name']}({', '.join(parts)})" if parts else method["name"]
 
 
 def _slug(text: str) -> str:

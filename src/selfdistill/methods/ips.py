@@ -1,8 +1,10 @@
 """Intra-class Patch Swap (IPS), the library's headline method (docs/methods.md, ips).
 
 Two images of the same class swap a random set of grid cells at the same positions; the network sees both
-swapped images, and for each pair the more confident view is a detached teacher for the other through a KD term.
-One network, no extra parameters; inference is a plain forward of the clean image.
+swapped images and, by default, the two clean ones too (CE on all four), and within each pair the two swapped
+views teach each other through a KD term at a small weight (each detached as the other's teacher). The
+specification's reading (``preset: spec``) lets the more confident swapped view alone teach, at λ = 1, with CE on
+the swapped images only. One network, no extra parameters; inference is a plain forward of the clean image.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class IPSOptions:
     """Probability that a pair is swapped at all."""
     kd_on_unswapped: bool = True
     """Distil pairs that were not swapped (two real same-class images) by the same rule."""
-    teacher_rule: Literal["confidence", "symmetric", "always_a", "originals"] = "confidence"
+    teacher_rule: Literal["confidence", "symmetric", "always_a", "originals"] = "symmetric"
     """Who teaches: the more confident view; each view the other; always the anchor-side view; or ``originals``:
     each swapped view is taught by the two clean images it is made of, their predictions weighted by the area each
     contributes (one more forward of the clean images, see ``teacher_forward``)."""
@@ -83,14 +85,15 @@ class IPSOptions:
     kd_gate: Literal["none", "teacher_correct"] = "none"
     """``teacher_correct``: a pair (or direction) is distilled only where its teacher's target ranks the label
     first; the mean still divides by all pairs."""
-    lambda_kd: float = 1.0
+    lambda_kd: float = 0.1
     """Weight of the KD term."""
     kd_warmup_epochs: int = 0
     """Linear ramp of λ: λ(e) = λ·min(1, (e−1)/w) for 1-based epoch e (0 = constant)."""
-    ce_inputs: Literal["swapped", "swapped+original"] = "swapped"
+    ce_inputs: Literal["swapped", "swapped+original"] = "swapped+original"
     """Images under the CE term; ``+original`` also forwards the two unswapped images (2B more)."""
     ce_reduce: Literal["mean_of_two", "sum"] = "mean_of_two"
-    """CE over the forwarded groups: their mean (½[CE(z_a)+CE(z_b)]) or their sum."""
+    """CE over the forwarded groups: their mean over images (½[CE(z_a)+CE(z_b)] for the swapped pair alone, a
+    quarter of the four groups' sum with the clean images) or the groups' sum."""
     forward: Literal["joint", "separate"] = "joint"
     """One forward of all images (shared BatchNorm statistics) or one per group."""
     batch_counts: Literal["anchors", "images"] = "anchors"
@@ -222,7 +225,7 @@ def inbatch_pairs(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor
 
 @register_method("ips")
 class IntraClassPatchSwap(Method):
-    """Intra-class Patch Swap: same-class pairs swap patches; the more confident view teaches the other."""
+    """Intra-class Patch Swap: same-class pairs swap patches and the two swapped views teach each other."""
 
     Options = IPSOptions
     # ``spec``: the specification's first reading of the paper (its values are not published), kept reachable
