@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -287,6 +288,25 @@ def test_group_table_pairs_seeds_with_the_baseline_and_dashes_a_row_with_none():
     delta = [r[4] for r in rows]
     assert delta == ["–", "+1.00 ± 0.71 (n=2)", "+2.00 (n=1)", "–"]
     assert [r[2] for r in rows] == ["71.00 ± 1.41", "72.00 ± 0.71", "74.00", "80.00"]
+
+
+def test_step_time_ratio_divides_by_the_baselines_time_on_the_same_machine():
+    from selfdistill.bench.report import step_ratio
+
+    def run(seed: int, seconds: float, machine: str) -> Run:
+        summary = RunSummary(seed=seed, metrics=["top1"], last={"test_top1": 50.0}, seconds_per_epoch=seconds,
+                             images_per_s=1.0, steps_per_epoch=10, env={"device_name": machine, "platform": "p"})
+        return Run(summary=summary, rows=[])
+
+    ce = Cell("ce", [run(0, 20.0, "A"), run(1, 40.0, "B"), run(2, 60.0, "B")])  # per step: A 2.0, B mean 5.0
+    # A: 8.0 / 2.0 = 4; B: 15.0 / 5.0 = 3; the run on C has no CE run beside it and is left out (not 90 / 3.67)
+    ips = Cell("ips", [run(0, 80.0, "A"), run(1, 150.0, "B"), run(2, 900.0, "C")])
+    assert step_ratio(ips, ce) == pytest.approx(3.5)
+    assert step_ratio(ce, ce) == pytest.approx(1.0)
+    alone = Cell("kd", [run(0, 10.0, "C")])
+    assert math.isnan(step_ratio(alone, ce))
+    rows = [line.split(" | ") for line in group_table([ce, ips, alone], "ce")[2:]]
+    assert [r[-1] for r in rows] == ["1.00 |", "3.50 |", "– |"]
 
 
 def test_other_models_table_is_the_seed_mean_per_model():

@@ -203,6 +203,22 @@ def _step_time(run: Run) -> float:
     return run.seconds_per_epoch / (run.summary.steps_per_epoch or math.nan)
 
 
+def _environment(run: Run) -> str:
+    env = run.summary.env
+    return f"{env.get('device_name', '?')} · {env.get('platform', '?')}"
+
+
+def step_ratio(cell: Cell, base: Cell) -> float:
+    """Mean over the cell's runs of its time per step over the baseline's (mean over the baseline's runs of the same
+    environment): a cost ratio that never divides one machine's time by another's. NaN when no run has one."""
+    base_steps: dict[str, list[float]] = defaultdict(list)
+    for run in base.runs:
+        base_steps[_environment(run)].append(_step_time(run))
+    ratios = [_step_time(run) / statistics.fmean(base_steps[_environment(run)])
+              for run in cell.runs if _environment(run) in base_steps]
+    return statistics.fmean(ratios) if ratios else math.nan
+
+
 LABELS = {"top1": "top-1", "top5": "top-5", "nll": "NLL", "ece": "ECE %", "miou": "mIoU %", "pixel_acc": "pixel acc. %",
           "map": "mAP %", "ap50": "AP50 %", "ap75": "AP75 %"}
 
@@ -222,7 +238,6 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
         return run.metric(split, main)
 
     base = next((c for c in cells if c.label == baseline), None)
-    base_step = statistics.fmean(_step_time(r) for r in base.runs) if base else float("nan")
     best_head = f"test {LABELS[main]} @ best val" if split == "test" else f"val {LABELS[main]} (best epoch)"
     head = ["method", "n", f"{split} {LABELS[main]} (last)", best_head,
             *(f"{LABELS[m]} (last)" for m in others), f"Δ {LABELS[main]} vs {baseline} (paired)", "p (Welch)",
@@ -236,7 +251,7 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
             p_text = "–" if math.isnan(p) else f"{p:.3f}"
         else:
             gain, p_text = "–", "–"
-        step = statistics.fmean(_step_time(r) for r in cell.runs)
+        ratio = step_ratio(cell, base) if base is not None else math.nan
         lines.append("| " + " | ".join([
             f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(values)),
             fmt(*mean_std(cell.values(lambda r: r.metric(split, main, "best")))),
@@ -244,7 +259,7 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
             gain, p_text, f"{statistics.fmean(cell.values(lambda r: r.seconds_per_epoch)):.1f}",
             f"{statistics.fmean(cell.values(lambda r: r.images_per_s)):.0f}",
             f"{cell.runs[0].summary.passes_per_step:g}",
-            "–" if math.isnan(base_step) else f"{step / base_step:.2f}",
+            "–" if math.isnan(ratio) else f"{ratio:.2f}",
         ]) + " |")
     return lines
 
@@ -390,17 +405,18 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
 
 def machine_lines(cells: list[Cell]) -> list[str]:
     """Which environment (device name and platform, from each summary's ``env``) ran which rows, when a group's runs
-    recorded more than one: its timing columns then compare machines as well as methods. Empty otherwise."""
+    recorded more than one: its s/epoch and img/s columns then compare machines as well as methods. Empty otherwise."""
     where: dict[str, list[str]] = defaultdict(list)
     for cell in cells:
         for run in cell.runs:
-            env = run.summary.env
-            where[f"{env.get('device_name', '?')} · {env.get('platform', '?')}"].append(f"`{cell.label}` s{run.seed}")
+            where[_environment(run)].append(f"`{cell.label}` s{run.seed}")
     if len(where) < 2:
         return []
     return ["", f"These runs recorded {len(where)} environments (device · platform; records written before the CPU's "
-            "name was stored give only its architecture): s/epoch, img/s and step time compare runs of one "
-            "environment only.", "", *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items())]
+            "name was stored give only its architecture): s/epoch and img/s compare runs of one environment only; "
+            "the step time ×baseline divides each run's time per step by the baseline's on its own environment "
+            "(– where the baseline has no run there).", "",
+            *(f"- {machine}: {', '.join(runs)}" for machine, runs in where.items())]
 
 
 def _plot_reliability(cells: list[Cell], title: str, path: Path) -> bool:
