@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import REPO
 from selfdistill.batch import Batch
@@ -228,6 +229,52 @@ def test_dense_ips_originals_teach_each_swapped_pixel_from_its_source_image():
             self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
 
     assert DenseIPS(opt, _ctx()).training_step(Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"].item() > 1e-4
+
+
+def test_dense_ips_ce_on_the_clean_images_too_is_the_mean_of_four_maps():
+    g = torch.Generator().manual_seed(9)
+    x, xb = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    y, yb = torch.randint(0, 5, (2, 8, 8), generator=g), torch.randint(0, 5, (2, 8, 8), generator=g)
+    y[0, :2] = IGNORE  # unlabelled pixels count in no map
+    model = _PixelModel()
+    opt = DenseIPSOptions(grid=2, ratio_low=0.5, ratio_high=0.5, ce_inputs="swapped+original")
+    out = DenseIPS(opt, _ctx()).training_step(model, _pair_batch(x, y, xb, yb), 1)
+    za, zb, ya, yb_s = out.logits[:2], out.logits[2:], out.targets[:2], out.targets[2:]
+    with torch.no_grad():
+        maps = [(za, ya), (zb, yb_s), (model(x), y), (model(xb), yb)]
+        expected = sum(F.cross_entropy(z, t, ignore_index=IGNORE) for z, t in maps) / 4
+    assert out.losses["ce"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert DenseIPS.cost(opt) == 4.0 and DenseIPS.cost(DenseIPSOptions()) == 2.0
+    # without a swap the clean images are the swapped ones: the same CE as on the swapped pair alone
+    flat = {"grid": 2, "p_swap": 0.0}
+    ce_two = DenseIPS(DenseIPSOptions(**flat), _ctx()).training_step(model, _pair_batch(x, y, xb, yb), 1)
+    ce_four = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped+original"), _ctx()).training_step(
+        model, _pair_batch(x, y, xb, yb), 1)
+    assert ce_four.losses["ce"].item() == pytest.approx(ce_two.losses["ce"].item(), rel=1e-6)
+
+
+def test_dense_ips_originals_reuse_the_clean_forward_of_the_ce_term():
+    g = torch.Generator().manual_seed(10)
+    x, xb = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
+    y, yb = torch.randint(0, 3, (1, 8, 8), generator=g), torch.randint(0, 3, (1, 8, 8), generator=g)
+
+    class Context(_PixelModel):  # no BatchNorm: one forward of all images equals separate ones
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+
+    kw = {"dense_kd": "originals", "grid": 2, "ratio_low": 0.5, "ratio_high": 0.5}
+    m_sep, m_joint = Context(), Context()
+    separate = DenseIPS(DenseIPSOptions(**kw), _ctx()).training_step(m_sep, _pair_batch(x, y, xb, yb), 1)
+    joint = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped+original"), _ctx()).training_step(
+        m_joint, _pair_batch(x, y, xb, yb), 1)
+    assert separate.losses["kd"].item() > 1e-4
+    assert joint.losses["kd"].item() == pytest.approx(separate.losses["kd"].item(), rel=1e-5)
+    # the term's gradient flows through the students only (the clean teacher is detached), as without the CE maps
+    g_sep = torch.autograd.grad(separate.losses["kd"], list(m_sep.parameters()))
+    g_joint = torch.autograd.grad(joint.losses["kd"], list(m_joint.parameters()))
+    for a, b in zip(g_sep, g_joint, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 # -------------------------------------------------------------------------------------------- models

@@ -82,6 +82,10 @@ class DenseIPSOptions:
     """``class_region``: a class counts in a swapped map when it covers at least this many pixels."""
     border_margin: int = 0
     """Pixels within this many px of a swapped/kept boundary are left out of the distillation term."""
+    ce_inputs: Literal["swapped", "swapped+original"] = "swapped"
+    """Images under the CE term: the swapped pair, or also the two clean images (forwarded with the swapped ones:
+    4 images per pair; CE is the mean of the four maps' pixel CE). ``originals`` then takes its teacher from that
+    forward, detached."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.ratio_low <= self.ratio_high <= 1.0 and 0.0 <= self.p_swap <= 1.0):
@@ -104,7 +108,7 @@ class DenseIPS(Method):
 
     @classmethod
     def cost(cls, options: DenseIPSOptions) -> float:
-        return 4.0 if options.dense_kd == "context" else 2.0
+        return 4.0 if options.dense_kd == "context" or options.ce_inputs == "swapped+original" else 2.0
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o, ignore = self.opt, self.ctx.ignore_index
@@ -116,11 +120,14 @@ class DenseIPS(Method):
                               batch.generator())[batch.rows].to(a.x.device)
         xa, xb = swap_with_mask(a.x, b.x, mask)
         ya, yb = swap_with_mask(a.y, b.y, mask[:, 0])
-        inputs = [xa, xb, a.x, b.x] if o.dense_kd == "context" else [xa, xb]
-        z = _upsample(model(torch.cat(inputs)), (h, w))
+        with_originals = o.dense_kd == "context" or o.ce_inputs == "swapped+original"
+        z = _upsample(model(torch.cat([xa, xb, a.x, b.x] if with_originals else [xa, xb])), (h, w))
         za, zb = z[:n], z[n:2 * n]
         share = (len(batch), batch.global_size)
-        ce = (pixel_cross_entropy(za, ya, ignore, share) + pixel_cross_entropy(zb, yb, ignore, share)) / 2
+        maps = [(za, ya), (zb, yb)]
+        if o.ce_inputs == "swapped+original":
+            maps += [(z[2 * n:3 * n], a.y), (z[3 * n:], b.y)]
+        ce = sum(pixel_cross_entropy(zi, yi, ignore, share) for zi, yi in maps) / len(maps)
         near = border_pixels(mask, o.border_margin) if o.border_margin > 0 else None
 
         def kd_labels(y: Tensor) -> Tensor:  # labels for the KD term: pixels near a cell boundary left out
@@ -131,8 +138,11 @@ class DenseIPS(Method):
             kd, omega = pixel_agree_loss(za, zb, kd_labels(ya), kd_labels(yb), o.T, ignore, share)
             stats["kd_pixels"] = omega.float() / (n * h * w)
         elif o.dense_kd == "originals":
-            with torch.no_grad():
-                clean = _upsample(model(torch.cat([a.x, b.x])), (h, w))
+            if with_originals:
+                clean = z[2 * n:]  # pixel_kd_loss detaches the teacher
+            else:
+                with torch.no_grad():
+                    clean = _upsample(model(torch.cat([a.x, b.x])), (h, w))
             m = mask.expand_as(za)
             teacher = torch.cat([torch.where(m, clean[n:], clean[:n]), torch.where(m, clean[:n], clean[n:])])
             kd, omega = pixel_kd_loss(teacher, torch.cat([za, zb]), torch.cat([kd_labels(ya), kd_labels(yb)]), o.T,
