@@ -15,7 +15,7 @@ from .teacher import TeacherMethod, TeacherOptions
 
 @dataclass
 class KDOptions(TeacherOptions):
-    """Hinton KD options (defaults: CIFAR P-CRD, RepDistiller ``-r 0.1 -a 0.9``)."""
+    """Hinton KD options (defaults: the CRD CIFAR protocol, RepDistiller ``-r 0.1 -a 0.9``)."""
 
     T: float = 4.0
     """Distillation temperature."""
