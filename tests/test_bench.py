@@ -125,6 +125,19 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     row = next(line for line in table.splitlines() if line.startswith("| `ips(p_swap=0.5)`"))
     assert row.count(f"{mean:+.2f} ± ") == 2 and row.count("(n=2)") == 2
     assert "(absolute, n=2)" in next(line for line in table.splitlines() if line.startswith("| `ce`"))
+    # a relabelled benchmark's rows move to the new label; the other benchmark keeps the old one
+    out = tmp_path / "cmp2"
+    assert main(["report", "--compare", f"folder={tmp_path / 'runs'}", f"csv={report.parent / 'runs.csv'}",
+                 "--relabel", "csv", "ips(p_swap=0.5)", "ips(old)", "--out", str(out)]) == 0
+    lines = (out / "comparison.md").read_text().splitlines()
+    assert "--relabel csv 'ips(p_swap=0.5)' 'ips(old)'" in lines[2]
+    def cells(label: str) -> list[str]:
+        return next(line for line in lines if line.startswith(f"| `{label}`")).strip("| ").split(" | ")[1:]
+
+    assert cells("ips(old)")[0] == "–" and cells("ips(old)")[1].startswith(f"{mean:+.2f} ± ")
+    assert cells("ips(p_swap=0.5)")[0].startswith(f"{mean:+.2f} ± ") and cells("ips(p_swap=0.5)")[1] == "–"
+    assert main(["report", "--compare", f"csv={report.parent / 'runs.csv'}", "--relabel", "other", "a", "b"]) == 2
+    assert "no benchmark named 'other'" in capsys.readouterr().err
 
     # the screening form: validation numbers only, from several run folders
     other = tmp_path / "more"

@@ -132,10 +132,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.runs_dir:
         raise ConfigError("name the run folders to report (or --results with --readme)")
     if args.compare:
-        from .bench.compare import write_comparison
+        from .bench.compare import parse_relabel, write_comparison
 
         named = dict(item.split("=", 1) if "=" in item else (Path(item).parent.name, item) for item in args.runs_dir)
-        print(f"comparison written to {write_comparison(named, args.out or 'comparison', args.baseline)}")
+        relabel = parse_relabel(args.relabel, list(named))
+        print(f"comparison written to {write_comparison(named, args.out or 'comparison', args.baseline, relabel)}")
         return 0
     out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
     print(f"report written to {out}")
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compare", action="store_true",
                    help="one table of each method's paired gain over the baseline on each benchmark; RUNS_DIR are "
                         "NAME=PATH, PATH a run folder or a report's runs.csv")
+    r.add_argument("--relabel", action="append", default=[], nargs=3, metavar=("NAME", "OLD", "NEW"),
+                   help="with --compare: rename benchmark NAME's method label OLD to NEW (repeatable), e.g. when "
+                        "a method's defaults changed after that benchmark ran")
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
     r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
     r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")
