@@ -307,7 +307,7 @@ def test_step_time_ratio_divides_by_the_baselines_time_on_the_same_machine():
     from selfdistill.bench.report import step_ratio
 
     def run(seed: int, seconds: float, machine: str) -> Run:
-        summary = RunSummary(seed=seed, metrics=["top1"], last={"test_top1": 50.0}, seconds_per_epoch=seconds,
+        summary = RunSummary(seed=seed, metrics=["top1"], last={"test_top1": 50.0 + seed}, seconds_per_epoch=seconds,
                              images_per_s=1.0, steps_per_epoch=10, env={"device_name": machine, "platform": "p"})
         return Run(summary=summary, rows=[])
 
