@@ -138,6 +138,8 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert cells("ips(p_swap=0.5)")[0].startswith(f"{mean:+.2f} ± ") and cells("ips(p_swap=0.5)")[1] == "–"
     assert main(["report", "--compare", f"csv={report.parent / 'runs.csv'}", "--relabel", "other", "a", "b"]) == 2
     assert "no benchmark named 'other'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "runs"), "--relabel", "csv", "a", "b"]) == 2
+    assert "add --compare" in capsys.readouterr().err
 
     # the screening form: validation numbers only, from several run folders
     other = tmp_path / "more"

@@ -131,6 +131,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.runs_dir:
         raise ConfigError("name the run folders to report (or --results with --readme)")
+    if args.relabel and not args.compare:
+        raise ConfigError("--relabel renames labels in a --compare table; add --compare")
     if args.compare:
         from .bench.compare import parse_relabel, write_comparison
 
