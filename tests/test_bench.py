@@ -140,6 +140,12 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert "no benchmark named 'other'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "runs"), "--relabel", "csv", "a", "b"]) == 2
     assert "add --compare" in capsys.readouterr().err
+    # a label the benchmark lacks (a typo) and a rename onto a label it keeps are refused, not silently applied
+    csv_arg = f"csv={report.parent / 'runs.csv'}"
+    assert main(["report", "--compare", csv_arg, "--relabel", "csv", "ips", "x", "--out", str(out)]) == 2
+    assert "has no label 'ips' (have: ce, ips(p_swap=0.5))" in capsys.readouterr().err
+    assert main(["report", "--compare", csv_arg, "--relabel", "csv", "ips(p_swap=0.5)", "ce", "--out", str(out)]) == 2
+    assert "already has a label 'ce'" in capsys.readouterr().err
 
     # the screening form: validation numbers only, from several run folders
     other = tmp_path / "more"

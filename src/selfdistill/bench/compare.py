@@ -64,6 +64,18 @@ def parse_relabel(items: list[list[str]], names: list[str]) -> Relabel:
     return dict(out)
 
 
+def check_relabel(name: str, rename: dict[str, str], labels: set[str]) -> None:
+    """Refuse a rename of a label that benchmark ``name`` does not have (a typo would leave the table silently
+    unchanged) and one onto a label it keeps (two configurations' runs would merge into one row)."""
+    have = ", ".join(sorted(labels))
+    for old, new in rename.items():
+        if old not in labels:
+            raise ConfigError(f"--relabel {name} {old} {new}: benchmark {name} has no label {old!r} (have: {have})")
+        if new in labels and new not in rename:
+            raise ConfigError(f"--relabel {name} {old} {new}: benchmark {name} already has a label {new!r}, whose "
+                              "runs would merge with the renamed ones; choose another name or rename that label too")
+
+
 def comparison_lines(benchmarks: dict[str, str | Path], baseline: str = "ce",
                      relabel: Relabel | None = None) -> list[str]:
     """A markdown table: one row per method label, one column per benchmark with the paired gain of the primary
@@ -74,6 +86,7 @@ def comparison_lines(benchmarks: dict[str, str | Path], baseline: str = "ce",
     for name, source in benchmarks.items():
         results = main_group(load_results(source))
         rename = (relabel or {}).get(name, {})
+        check_relabel(name, rename, {r.label for r in results})
         by_label: dict[str, dict[int, float]] = defaultdict(dict)
         for r in results:
             by_label[rename.get(r.label, r.label)][r.seed] = r.value
