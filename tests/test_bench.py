@@ -158,6 +158,11 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     with (tmp_path / "runs" / "ips-p_swap=0.5_resnet8_s0" / "metrics.csv").open() as fh:
         last_val0 = float(list(csv.DictReader(fh))[-1]["val_top1"])
     assert f"| `ips(p_swap=0.5)` | 2 | {(last_val + last_val0) / 2:.2f} ± " in screen
+    assert f"`selfdistill report {tmp_path / 'runs'} {other} --split val`" in screen
+    # another baseline: the table pairs against it, and the quoted command line names it
+    vs = write_report(tmp_path / "runs", tmp_path / "vs", baseline="ips(p_swap=0.5)").read_text()
+    assert f"`selfdistill report {tmp_path / 'runs'} --baseline 'ips(p_swap=0.5)'`" in vs
+    assert "Δ top-1 vs ips(p_swap=0.5) (paired)" in vs
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")

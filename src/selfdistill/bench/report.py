@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shlex
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -577,7 +578,8 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for run in runs:
         groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
-    source = " ".join(map(str, dirs)) + (" --split val" if split == "val" else "")
+    source = shlex.join([*map(str, dirs), *(["--split", "val"] if split == "val" else []),
+                         *(["--baseline", baseline] if baseline != "ce" else [])])
     if split == "val":
         what = ["Metrics are on the validation split (held out of the training images): the numbers a choice of",
                 "setting may read. 'Last' is the final epoch, 'best epoch' the epoch of the best validation value;",
