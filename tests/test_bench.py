@@ -125,6 +125,9 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     row = next(line for line in table.splitlines() if line.startswith("| `ips(p_swap=0.5)`"))
     assert row.count(f"{mean:+.2f} ± ") == 2 and row.count("(n=2)") == 2
     assert "(absolute, n=2)" in next(line for line in table.splitlines() if line.startswith("| `ce`"))
+    other_base = write_comparison({"csv": report.parent / "runs.csv"}, tmp_path / "cmp_vs",
+                                  "ips(p_swap=0.5)").read_text()
+    assert "--baseline 'ips(p_swap=0.5)' --out" in other_base and "(absolute, n=2)" in other_base
     # a relabelled benchmark's rows move to the new label; the other benchmark keeps the old one
     out = tmp_path / "cmp2"
     assert main(["report", "--compare", f"folder={tmp_path / 'runs'}", f"csv={report.parent / 'runs.csv'}",
