@@ -176,7 +176,7 @@ def test_dense_ips_context_is_zero_without_swaps_and_positive_with_them():
 
     kd_none = DenseIPS(DenseIPSOptions(dense_kd="context", grid=4, p_swap=0.0), _ctx()).training_step(
         Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"]
-    kd_swap = DenseIPS(DenseIPSOptions(dense_kd="context", grid=4, ratio_low=0.5), _ctx()).training_step(
+    kd_swap = DenseIPS(DenseIPSOptions(dense_kd="context", grid=4, ratio_low=0.5, lambda_kd=1.0), _ctx()).training_step(
         Context(), _pair_batch(x, y, xb, yb), 1).losses["kd"]
     assert kd_none.item() == pytest.approx(0.0, abs=1e-6) and kd_swap.item() > 1e-4
 
@@ -186,7 +186,7 @@ def test_dense_ips_pixel_agree_matches_a_loop_over_pixels():
     x, xb = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
     y, yb = torch.randint(0, 3, (1, 8, 8), generator=g), torch.randint(0, 3, (1, 8, 8), generator=g)
     model = _PixelModel()
-    opt = DenseIPSOptions(grid=2, T=2.0, ratio_low=0.5, ratio_high=0.5)
+    opt = DenseIPSOptions(grid=2, T=2.0, ratio_low=0.5, ratio_high=0.5, lambda_kd=1.0, ce_inputs="swapped")
     batch = _pair_batch(x, y, xb, yb)
     out = DenseIPS(opt, _ctx()).training_step(model, batch, 1)
     # recompute: the swapped label maps are in out.targets, the logits in out.logits
@@ -216,7 +216,8 @@ def test_dense_ips_originals_teach_each_swapped_pixel_from_its_source_image():
     x, xb = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
     y, yb = torch.randint(0, 3, (1, 8, 8), generator=g), torch.randint(0, 3, (1, 8, 8), generator=g)
     y[0, 0, 0] = 255  # an unlabelled pixel has no term
-    opt = DenseIPSOptions(dense_kd="originals", grid=2, T=2.0, ratio_low=0.5, ratio_high=0.5)
+    opt = DenseIPSOptions(dense_kd="originals", grid=2, T=2.0, ratio_low=0.5, ratio_high=0.5, lambda_kd=1.0,
+                          ce_inputs="swapped")
     out = DenseIPS(opt, _ctx()).training_step(_PixelModel(), _pair_batch(x, y, xb, yb), 1)
     assert out.losses["kd"].item() == pytest.approx(0.0, abs=1e-6)
     assert float(out.stats["kd_pixels"]) == pytest.approx(127 / 128)
@@ -244,10 +245,11 @@ def test_dense_ips_ce_on_the_clean_images_too_is_the_mean_of_four_maps():
         maps = [(za, ya), (zb, yb_s), (model(x), y), (model(xb), yb)]
         expected = sum(F.cross_entropy(z, t, ignore_index=IGNORE) for z, t in maps) / 4
     assert out.losses["ce"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert DenseIPS.cost(opt) == 4.0 and DenseIPS.cost(DenseIPSOptions()) == 2.0
+    assert DenseIPS.cost(opt) == 4.0 == DenseIPS.cost(DenseIPSOptions())
+    assert DenseIPS.cost(DenseIPSOptions(ce_inputs="swapped")) == 2.0
     # without a swap the clean images are the swapped ones: the same CE as on the swapped pair alone
     flat = {"grid": 2, "p_swap": 0.0}
-    ce_two = DenseIPS(DenseIPSOptions(**flat), _ctx()).training_step(model, _pair_batch(x, y, xb, yb), 1)
+    ce_two = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped"), _ctx()).training_step(model, _pair_batch(x, y, xb, yb), 1)
     ce_four = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped+original"), _ctx()).training_step(
         model, _pair_batch(x, y, xb, yb), 1)
     assert ce_four.losses["ce"].item() == pytest.approx(ce_two.losses["ce"].item(), rel=1e-6)
@@ -263,9 +265,9 @@ def test_dense_ips_originals_reuse_the_clean_forward_of_the_ce_term():
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
 
-    kw = {"dense_kd": "originals", "grid": 2, "ratio_low": 0.5, "ratio_high": 0.5}
+    kw = {"dense_kd": "originals", "grid": 2, "ratio_low": 0.5, "ratio_high": 0.5, "lambda_kd": 1.0}
     m_sep, m_joint = Context(), Context()
-    separate = DenseIPS(DenseIPSOptions(**kw), _ctx()).training_step(m_sep, _pair_batch(x, y, xb, yb), 1)
+    separate = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped"), _ctx()).training_step(m_sep, _pair_batch(x, y, xb, yb), 1)
     joint = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped+original"), _ctx()).training_step(
         m_joint, _pair_batch(x, y, xb, yb), 1)
     assert separate.losses["kd"].item() > 1e-4
