@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU half of the throughput benchmark, one stage per call (each meant to fit a 10-minute slot on one H100;
-# not yet timed on one):
+# The GPU half of the throughput benchmark, one stage per call. Timed on one H200 (gpu_h200/stages.txt): each tta
+# stage takes under two minutes; `throughput` (then with the compiled run inside) did not finish its compiled half in
+# a 220-s slot, so that half is now a stage of its own:
 #
-#   benchmarks/throughput/gpu.sh throughput   OUT_DIR DATA     # throughput.py: eager, then compiled IPS
-#   benchmarks/throughput/gpu.sh tta-eager    OUT_DIR DATA     # CIFAR-10 ResNet-18 time-to-accuracy, eager
-#   benchmarks/throughput/gpu.sh tta-compile  OUT_DIR DATA     # the same with torch.compile
+#   benchmarks/throughput/gpu.sh throughput          OUT_DIR DATA   # throughput.py, eager: every method
+#   benchmarks/throughput/gpu.sh throughput-compile  OUT_DIR DATA   # throughput.py, compiled IPS on ResNet-18
+#   benchmarks/throughput/gpu.sh tta-eager           OUT_DIR DATA   # CIFAR-10 ResNet-18 time-to-accuracy, eager
+#   benchmarks/throughput/gpu.sh tta-compile         OUT_DIR DATA   # the same with torch.compile
 #
 # Arguments after DATA go to the stage's command (`throughput.py`, or `selfdistill train`, e.g. --set train.epochs=2).
 # Run from the repository root. DATA is the CIFAR-10 ImageFolder tree, or the packed file made by
@@ -13,7 +15,7 @@
 # PyTorch and torchvision must be. Results land in OUT_DIR (reports, metrics.csv, summary.json, logs).
 set -euo pipefail
 
-stage=${1:?stage: throughput | tta-eager | tta-compile}
+stage=${1:?stage: throughput | throughput-compile | tta-eager | tta-compile}
 out=${2:?output folder}
 data=${3:-../shared/datasets/cifar10}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,11 +51,14 @@ case $stage in
     python3 "$here/throughput.py" --data "$data" --device cuda --amp bf16 --channels-last \
       --models resnet20 resnet56 resnet18_cifar --method-models resnet18_cifar --batch 256 --steps 20 \
       --out "$out/report_gpu.md" "${@:4}"
+    ;;
+  throughput-compile)
+    unpack
     python3 "$here/throughput.py" --data "$data" --device cuda --amp bf16 --channels-last --compile \
       --models resnet18_cifar --method-models resnet18_cifar --methods ips --batch 256 --steps 20 \
       --out "$out/report_gpu_compile.md" "${@:4}"
     ;;
   tta-eager) tta tta_eager "${@:4}" ;;
   tta-compile) tta tta_compile --set model.compile=true "${@:4}" ;;
-  *) echo "unknown stage $stage (throughput | tta-eager | tta-compile)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (throughput | throughput-compile | tta-eager | tta-compile)" >&2; exit 2 ;;
 esac
