@@ -249,7 +249,8 @@ def test_dense_ips_ce_on_the_clean_images_too_is_the_mean_of_four_maps():
     assert DenseIPS.cost(DenseIPSOptions(ce_inputs="swapped")) == 2.0
     # without a swap the clean images are the swapped ones: the same CE as on the swapped pair alone
     flat = {"grid": 2, "p_swap": 0.0}
-    ce_two = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped"), _ctx()).training_step(model, _pair_batch(x, y, xb, yb), 1)
+    ce_two = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped"), _ctx()).training_step(
+        model, _pair_batch(x, y, xb, yb), 1)
     ce_four = DenseIPS(DenseIPSOptions(**flat, ce_inputs="swapped+original"), _ctx()).training_step(
         model, _pair_batch(x, y, xb, yb), 1)
     assert ce_four.losses["ce"].item() == pytest.approx(ce_two.losses["ce"].item(), rel=1e-6)
@@ -267,7 +268,8 @@ def test_dense_ips_originals_reuse_the_clean_forward_of_the_ce_term():
 
     kw = {"dense_kd": "originals", "grid": 2, "ratio_low": 0.5, "ratio_high": 0.5, "lambda_kd": 1.0}
     m_sep, m_joint = Context(), Context()
-    separate = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped"), _ctx()).training_step(m_sep, _pair_batch(x, y, xb, yb), 1)
+    separate = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped"), _ctx()).training_step(
+        m_sep, _pair_batch(x, y, xb, yb), 1)
     joint = DenseIPS(DenseIPSOptions(**kw, ce_inputs="swapped+original"), _ctx()).training_step(
         m_joint, _pair_batch(x, y, xb, yb), 1)
     assert separate.losses["kd"].item() > 1e-4
