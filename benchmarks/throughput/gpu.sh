@@ -45,17 +45,18 @@ tta() {  # $1: run name, then extra --set overrides
     2>&1 | tee "$out/$name.log"
 }
 
+throughput() {  # throughput.py on CUDA at the GPU settings; $@: its stage's flags, then the caller's extra arguments
+  unpack
+  python3 "$here/throughput.py" --data "$data" --device cuda --amp bf16 --channels-last --batch 256 --steps 20 "$@"
+}
+
 case $stage in
   throughput)
-    unpack
-    python3 "$here/throughput.py" --data "$data" --device cuda --amp bf16 --channels-last \
-      --models resnet20 resnet56 resnet18_cifar --method-models resnet18_cifar --batch 256 --steps 20 \
+    throughput --models resnet20 resnet56 resnet18_cifar --method-models resnet18_cifar \
       --out "$out/report_gpu.md" "${@:4}"
     ;;
   throughput-compile)
-    unpack
-    python3 "$here/throughput.py" --data "$data" --device cuda --amp bf16 --channels-last --compile \
-      --models resnet18_cifar --method-models resnet18_cifar --methods ips --batch 256 --steps 20 \
+    throughput --compile --models resnet18_cifar --method-models resnet18_cifar --methods ips \
       --out "$out/report_gpu_compile.md" "${@:4}"
     ;;
   tta-eager) tta tta_eager "${@:4}" ;;

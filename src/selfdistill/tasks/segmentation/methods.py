@@ -102,7 +102,7 @@ class DenseIPS(Method):
 
     Options = DenseIPSOptions
     # ``spec``: the specification's first reading (co-located same-label pixels, the more confident teaching, T = 4,
-    # λ = 1), kept beside the defaults chosen by measurement (docs/ips.md)
+    # λ = 1, grid 8, CE on the swapped pair alone), kept beside the defaults chosen by measurement (docs/ips.md)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"spec": {"dense_kd": "pixel_agree", "T": 4.0, "lambda_kd": 1.0,
                                                              "ratio_low": 0.0, "ratio_high": 1.0, "p_swap": 1.0,
                                                              "grid": 8, "ce_inputs": "swapped"}}
