@@ -407,3 +407,16 @@ def test_report_names_the_machines_when_a_groups_runs_ran_on_several():
     lines = machine_lines([Cell("ce", [run(0, "cpu A"), run(1, "cpu B")]), Cell("ips", [run(0, "cpu A", "Linux-y")])])
     assert "3 environments" in lines[1]
     assert lines[3:6] == ["- cpu A · Linux-x: `ce` s0", "- cpu B · Linux-x: `ce` s1", "- cpu A · Linux-y: `ips` s0"]
+
+
+def test_compare_csv_leaves_out_self_supervised_rows(tmp_path) -> None:
+    """A runs.csv's DINO rows score an untrained classifier: the comparison reads supervised rows only."""
+    from selfdistill.bench.compare import load_results, supervised_label
+
+    assert supervised_label("ce") and supervised_label("ips(preset=spec)") and supervised_label("not_a_method")
+    assert not supervised_label("dino") and not supervised_label("dino [optim.lr=0.015]")
+    path = tmp_path / "runs.csv"
+    header = "dataset,model,method,seed,test_top1_last,primary_metric\n"
+    path.write_text(header + "d,m,ce,0,40.0,top1\nd,m,dino [optim.lr=0.015],0,1.0,top1\nd,m,kd,0,42.5,top1\n")
+    results = load_results(path)
+    assert [(r.label, r.value) for r in results] == [("ce", 40.0), ("kd", 42.5)]
