@@ -36,7 +36,7 @@ def supervised_label(label: str) -> bool:
     """Whether a report label (``name``, ``name(options)`` or ``name [overrides]``) names a supervised method; a
     self-supervised one (DINO) has no trained classifier, so its test top-1 is no gain or loss."""
     name = re.split(r"[ (\[]", label, maxsplit=1)[0]
-    return name not in METHODS.names() or METHODS.get(name).supervised
+    return name not in METHODS or METHODS.get(name).supervised
 
 
 def load_results(source: str | Path) -> list[Result]:
