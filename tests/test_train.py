@@ -13,9 +13,10 @@ from selfdistill.config import ConfigError
 from selfdistill.engine import CheckpointError
 from selfdistill.engine import checkpoint as ckmod
 from selfdistill.engine.checkpoint import load_checkpoint
+from selfdistill.engine.optim import lr_factor
 from selfdistill.methods import METHODS, Method, StepOutput, register_method
 from selfdistill.methods.ce import CrossEntropy
-from selfdistill.run import NonFiniteLossError, RunExistsError
+from selfdistill.run import NonFiniteLossError, RunExistsError, resolve_config
 
 
 def _run_dir(cfg):
@@ -32,6 +33,13 @@ def test_synthetic_run_writes_everything(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert {"train_loss", "train_loss_ce", "test_top1", "test_top5", "test_nll", "test_ece", "val_top1",
             "images_per_s", "lr"} <= set(rows[0])
+    resolved = resolve_config(cfg)
+    n = s.steps_per_epoch
+    for r in rows:  # the rate and weight decay of each step, averaged over the epoch (cosine over 3 epochs)
+        e = int(r["epoch"])
+        applied = [0.1 * lr_factor(i, resolved.sched, n, 3) for i in range(n * (e - 1), n * e)]
+        assert float(r["train_lr_applied"]) == pytest.approx(statistics.fmean(applied))
+        assert float(r["train_weight_decay"]) == pytest.approx(resolved.optim.weight_decay)
     assert s.last["test_top1"] == pytest.approx(float(rows[-1]["test_top1"]))
     assert s.last["test_top1"] > 50  # 10 classes: chance is 10 %
     best = max(rows, key=lambda r: (float(r["val_top1"]), -int(r["epoch"])))

@@ -229,6 +229,8 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip)
+        group = self.optimizer.param_groups[0]  # the decayed parameters: the step's learning rate and weight decay
+        applied = {"lr_applied": group["lr"], "weight_decay": group.get("weight_decay", 0.0)}
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -247,6 +249,8 @@ class Trainer:
             acc["steps"] += 1
             for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total, **out.stats}.items():
                 acc[k] = acc.get(k, zero) + v.detach().double()
+            for k, v in applied.items():
+                acc[k] = acc.get(k, zero) + v
 
     def _epoch_row(self, epoch: int, acc: dict[str, torch.Tensor], train_s: float, images: int) -> dict[str, float]:
         keys = sorted(acc)
