@@ -1,5 +1,6 @@
 """DINO: the loss against a straightforward re-computation, centring, EMA teacher, multi-crop, k-NN, end to end."""
 
+import copy
 import math
 
 import pytest
@@ -86,19 +87,33 @@ def test_centre_update_and_teacher_gets_no_gradient():
     torch.testing.assert_close(m.center, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_teacher_momentum_schedule_and_last_layer_freeze():
+def test_last_layer_freeze():
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3)
-    m = _dino(model, momentum_teacher=0.996, freeze_last_layer=1)
+    m = _dino(model, freeze_last_layer=1)
     m.on_epoch_start(1)
     assert not m.head.last.parametrizations.weight.original1.requires_grad
     m.on_epoch_start(2)
     assert m.head.last.parametrizations.weight.original1.requires_grad
-    m.after_step(model)
-    assert 0.996 <= m.teacher.decay < 0.997
-    m.step = 7
-    m.after_step(model)  # step 8 of 2 epochs × 4 steps: the end of the cosine
-    assert m.teacher.decay == pytest.approx(1.0)
+
+
+def test_teacher_update_uses_dinos_momentum_of_each_step():
+    """The update after the 0-based step ``it`` is ``t ← m·t + (1 − m)·s`` with ``m = momentum_schedule[it]`` of
+    facebookresearch/dino (main_dino.py, ``utils.cosine_scheduler(0.996, 1, epochs, niter_per_ep)``, commit
+    7c446df5): 0.996 at the first update, ``1 − 0.002·(1 + cos(π·7/8))`` (below 1) at the last of 2 × 4 steps."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, momentum_teacher=0.996)
+    official = [1 + 0.5 * (0.996 - 1) * (1 + math.cos(math.pi * it / 8)) for it in range(8)]
+    name, s_param = next((n, p) for n, p in model.named_parameters() if p.ndim == 4)
+    t_param = m.teacher.module["backbone"].get_parameter(name)
+    for it in range(8):
+        with torch.no_grad():
+            s_param.add_(1.0)  # the student moves away from the teacher
+        before = t_param.detach().clone()
+        m.after_step(model)
+        torch.testing.assert_close(t_param, official[it] * before + (1 - official[it]) * s_param.detach(),
+                                   rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("warmup", [1, 2, 30])
@@ -113,6 +128,87 @@ def test_teacher_temperature_warmup_is_dinos_linspace(warmup):
         assert m.teacher_temp(epoch) == pytest.approx(float(official[epoch - 1]), abs=1e-12), epoch
     if warmup == 2:
         assert m.teacher_temp(2) == pytest.approx(0.07)  # the final value in the W-th epoch
+
+
+def test_agreement_reads_the_centred_teacher_on_the_same_global_crop():
+    """At the first step the student and its teacher are the same network on the same global crops: every crop's
+    argmax agrees. A centre that favours one prototype moves the teacher's argmax and the agreement drops."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, n_local=2)
+    batch = _batch(4, (16, 16, 8, 8))
+    assert float(m.training_step(model, batch, 1).stats["student_teacher_agreement"]) == 1.0
+    m.center.zero_()
+    m.center[0, 0] = -100.0  # (g_t − c) peaks at prototype 0 for every crop
+    agreement = float(m.training_step(model, batch, 1).stats["student_teacher_agreement"])
+    assert agreement < 1.0
+
+
+def test_bn_in_head_normalises_over_every_crop_in_one_pass():
+    """``use_bn_in_head``: BatchNorm in the student's and the teacher's head; the student's head runs once on the
+    features of all crops (the official MultiCropWrapper), so its BN statistics cover global and local crops."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, n_local=2, use_bn_in_head=True)
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.modules()) == 2
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in m.teacher.module["head"].modules()) == 2
+    batch = _batch(4, (16, 16, 8, 8))
+    calls = []
+    m.head.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    out = m.training_step(model, batch, 2)
+    assert calls == [16]  # 4 crops × 4 images
+    out.losses["dino"].backward()
+    assert all(x.weight.grad is not None for x in m.head.modules() if isinstance(x, torch.nn.BatchNorm1d))
+
+
+def test_small_preset_resolves_and_explicit_keys_override_it():
+    spec = resolve_config({"method": {"name": "dino", "preset": "small", "out_dim": 1024}}).method
+    assert spec["use_bn_in_head"] and spec["momentum_teacher"] == 0.99 and spec["out_dim"] == 1024
+    assert spec["global_scale"] == [0.4, 1.0] and spec["local_scale"] == [0.1, 0.4]
+
+
+def test_controls_score_the_network_at_initialisation_and_the_pixels():
+    """The controls use the network as it was at set-up (not the trained one) and the standardised pixels, with the
+    same k-NN (every evaluation) and probe (the last); they are scored once and kept in the method's state."""
+    from selfdistill.methods.dino import linear_probe_accuracy
+
+    dm = DataModule(DataConfig(name="synthetic", synthetic_size=96, batch_size=16, num_classes=4, image_size=16,
+                               val_fraction=0.25))
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4, 3)
+    init = copy.deepcopy(model).eval()
+    m = _dino(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.0)  # "training" that destroys the features: the controls must not see it
+
+    feats = {}
+    [x for x in init.modules() if isinstance(x, torch.nn.Linear)][-1].register_forward_pre_hook(
+        lambda _m, args: feats.__setitem__("f", args[0]))
+
+    def init_features(split):
+        with torch.no_grad():
+            init(dm._prepare(split.images))
+        return feats["f"]
+
+    def pixels(split):
+        return dm._prepare(split.images).flatten(1)
+
+    expected = {}
+    for who, fn in (("init", init_features), ("pixels", pixels)):
+        f_train, y_train = fn(dm.train), dm.train.labels
+        for name, split in (("test", dm.test), ("val", dm.val)):
+            expected[f"knn_{who}_{name}_top1"] = knn_accuracy(f_train, y_train, fn(split), split.labels, 10)
+            expected[f"probe_{who}_{name}_top1"] = linear_probe_accuracy(f_train, y_train, fn(split), split.labels,
+                                                                         10)
+    first = m.extra_metrics(model, dm, final=False)
+    assert {k: v for k, v in first.items() if "init" in k or "pixels" in k} == pytest.approx(
+        {k: v for k, v in expected.items() if k.startswith("knn_")})
+    assert first["knn_student_test_top1"] != first["knn_init_test_top1"]  # the zeroed student scores otherwise
+    assert m.state_dict()["init"] is None and m.state_dict()["controls"] == pytest.approx(expected)
+    with pytest.warns(UserWarning, match="features have not learnt"):  # the zeroed student is below its controls
+        last = m.extra_metrics(model, dm, final=True)
+    assert {k: v for k, v in last.items() if "init" in k or "pixels" in k} == pytest.approx(expected)
 
 
 def test_multicrop_batches_and_same_resolution_batching():
@@ -152,11 +248,14 @@ def test_dino_on_digits_evaluates_knn_and_probe_without_labels(tmp_path):
     assert not s.supervised
     assert knn["knn_teacher_test_top1"] > 60 and knn["knn_student_test_top1"] > 60  # chance is 10 %
     assert knn["probe_student_test_top1"] > 60
+    assert knn["knn_pixels_test_top1"] > 60 and knn["probe_init_test_top1"] > 60  # the controls, in the summary
     assert math.isfinite(s.last["test_nll"])
-    rows = (tmp_path / "runs").rglob("metrics.csv")
-    assert "train_teacher_entropy" in next(rows).read_text().splitlines()[0]  # collapse monitors are logged
+    header = next((tmp_path / "runs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train_teacher_entropy", "train_kl_teacher_uniform", "train_center_norm", "train_student_teacher_agreement",
+            "train_teacher_momentum", "train_lr_applied", "train_weight_decay", "knn_init_test_top1"} <= set(header)
     from selfdistill.bench.report import write_report
 
     report = write_report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "Self-supervised" in report and "knn_teacher_test_top1" in report
+    assert "knn_init_test_top1" in report and "probe_pixels_test_top1" in report
     assert "test top-1 (last)" not in report  # no supervised table for a self-supervised run

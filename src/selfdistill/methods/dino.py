@@ -3,14 +3,18 @@
 The student (backbone + projection head) sees global and local crops, the EMA teacher the global crops; the
 student predicts the teacher's centred, sharpened distribution of every other crop. Labels are not used. The
 features are evaluated by k-NN (k = 20, votes ``exp(sim/0.07)``) at every evaluation and by a linear probe at
-the end, for the student and the teacher; collapse monitors are logged every epoch.
+the end, for the student and the teacher, beside two controls scored the same way: the network at
+initialisation and the standardised pixels. Collapse monitors are logged every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -22,19 +26,23 @@ from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
 from .base import Method, StepOutput, register_method
 
+PIXEL_SIDE = 32
+"""The pixel control reads images area-averaged down to at most this side (32 px: 3,072 values per RGB image)."""
+
 
 class DINOHead(nn.Module):
-    """MLP (GELU, no BN) → bottleneck → L2 normalisation → weight-normalised linear layer to ``out_dim``."""
+    """MLP (GELU; BatchNorm after each hidden layer with ``use_bn``) → bottleneck → L2 normalisation →
+    weight-normalised linear layer to ``out_dim``."""
 
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden: int = 2048, bottleneck: int = 256,
-                 layers: int = 3, norm_last_layer: bool = True) -> None:
+                 layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * (layers - 1) + [bottleneck]
         mlp: list[nn.Module] = []
         for i in range(layers):
             mlp.append(nn.Linear(dims[i], dims[i + 1]))
             if i < layers - 1:
-                mlp.append(nn.GELU())
+                mlp += [nn.BatchNorm1d(hidden), nn.GELU()] if use_bn else [nn.GELU()]
         self.mlp = nn.Sequential(*mlp)
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         g = self.last.parametrizations.weight.original0
@@ -102,6 +110,9 @@ class DINOOptions:
     """Bottleneck before the weight-normalised layer."""
     norm_last_layer: bool = True
     """Fix the weight-norm gain of the last layer to 1."""
+    use_bn_in_head: bool = False
+    """BatchNorm after each hidden layer of the head (the official code's ``use_bn_in_head``): it removes the
+    component that all images share, which dominates a small ResNet's pooled features at initialisation."""
     student_temp: float = 0.1
     """Student temperature τ_s."""
     teacher_temp: float = 0.04
@@ -131,6 +142,10 @@ class DINOOptions:
     """Area range of the local crops."""
     knn_k: int = 20
     """Neighbours of the k-NN evaluation."""
+    controls: bool = True
+    """Score two controls with the same protocol: the network at initialisation (``knn_init_*``, ``probe_init_*``)
+    and the standardised pixels, flattened (``knn_pixels_*``, ``probe_pixels_*``); computed once, at the first
+    evaluation, from a copy of the network taken at set-up."""
 
 
 @register_method("dino")
@@ -138,8 +153,14 @@ class DINO(Method):
     """DINO: self-supervised EMA self-distillation with multi-crop, centring and sharpening; k-NN and probe eval."""
 
     Options = DINOOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"norm_last_layer": True, "freeze_last_layer": 1},
-                                                    "clean": {"norm_last_layer": True, "freeze_last_layer": 1}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "official": {"norm_last_layer": True, "freeze_last_layer": 1},
+        "clean": {"norm_last_layer": True, "freeze_last_layer": 1},
+        # 32-px images and a few thousand steps (docs/methods.md, dino): BN in the head, a faster teacher, and crops
+        # that keep enough pixels
+        "small": {"use_bn_in_head": True, "momentum_teacher": 0.99, "teacher_temp": 0.04, "teacher_temp_final": 0.04,
+                  "global_scale": [0.4, 1.0], "local_scale": [0.1, 0.4]},
+    }
     supervised = False
 
     @classmethod
@@ -153,22 +174,30 @@ class DINO(Method):
         return options.n_global + options.n_local * (options.local_size / options.global_size) ** 2
 
     def setup(self, model: nn.Module) -> None:
-        """Build the head, the EMA teacher (backbone + head), the centre, and the feature hooks."""
+        """Build the head, the EMA teacher (backbone + head), the centre, the feature hooks, and the copy of the
+        network at initialisation that the controls score."""
         o = self.opt
         net = unwrap(model)
         fc = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
         fc.requires_grad_(False)  # no loss reads the logits; DDP (wrapped after set-up) then expects no gradient
         self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
-                             norm_last_layer=o.norm_last_layer).to(self.ctx.device)
+                             norm_last_layer=o.norm_last_layer, use_bn=o.use_bn_in_head).to(self.ctx.device)
         self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher)
         self.teacher.module = self.ctx.sync_batchnorm(self.teacher.module)  # it runs in train mode
-        t_fc = [m for m in self.teacher.module["backbone"].modules() if isinstance(m, nn.Linear)][-1]
+        self.init_backbone: nn.Module | None = copy.deepcopy(net).requires_grad_(False) if o.controls else None
+        self.controls: dict[str, float] = {}
         self.feats: dict[str, Tensor] = {}
-        fc.register_forward_pre_hook(lambda _m, args: self.feats.__setitem__("student", args[0]))
-        t_fc.register_forward_pre_hook(lambda _m, args: self.feats.__setitem__("teacher", args[0]))
+        for key, backbone in (("student", net), ("teacher", self.teacher.module["backbone"]),
+                              ("init", self.init_backbone)):
+            if backbone is not None:
+                last = [m for m in backbone.modules() if isinstance(m, nn.Linear)][-1]
+                last.register_forward_pre_hook(partial(self._keep_features, key))
         self.center = torch.zeros(1, o.out_dim, device=self.ctx.device)
         self.step = 0
         self.monitor = torch.zeros(2, dtype=torch.float64)  # entropy sum, steps
+
+    def _keep_features(self, key: str, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self.feats[key] = args[0]
 
     def trainable_modules(self) -> list[nn.Module]:
         """The student's projection head."""
@@ -195,14 +224,20 @@ class DINO(Method):
                               "collapse; check the temperatures and the centre momentum", stacklevel=2)
         self.monitor.zero_()
 
+    def teacher_momentum(self, step: int) -> float:
+        """EMA momentum of the teacher update after optimiser step ``step`` (0-based): DINO's cosine from
+        ``momentum_teacher`` at step 0 towards 1 over the run."""
+        return cosine_to_one(self.opt.momentum_teacher, step, self.ctx.epochs * self.ctx.steps_per_epoch)
+
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
         views, ng = batch.views, o.n_global
         model(torch.cat(views[:ng]))
-        student = list(self.head(self.feats["student"]).chunk(ng))
+        feats = [self.feats["student"]]
         if len(views) > ng:
             model(torch.cat(views[ng:]))
-            student += list(self.head(self.feats["student"]).chunk(len(views) - ng))
+            feats.append(self.feats["student"])
+        student = list(self.head(torch.cat(feats)).chunk(len(views)))  # one head pass: its BN sees every crop
         with torch.no_grad():
             self.teacher.module.train()  # batch statistics, as the official teacher (never put in eval mode)
             self.teacher.module["backbone"](torch.cat(views[:ng]))
@@ -215,21 +250,19 @@ class DINO(Method):
             entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
             p_mean = p.mean(0)
             kl_uniform = (p_mean * (p_mean.clamp_min(1e-12) * o.out_dim).log()).sum()
+            agreement = (torch.cat(student[:ng]).argmax(-1) == p.argmax(-1)).float().mean()
             update_center(self.center, t_out, self.opt.center_momentum, self.ctx.world)
         self.monitor += torch.tensor([float(entropy), 1.0], dtype=torch.float64)
         stats = {"teacher_entropy": entropy, "kl_teacher_uniform": kl_uniform, "center_norm": self.center.norm(),
-                 "teacher_temp": torch.tensor(tau_t), "momentum": torch.tensor(self.teacher.decay)}
+                 "student_teacher_agreement": agreement, "teacher_temp": torch.tensor(tau_t),
+                 "teacher_momentum": torch.tensor(self.teacher_momentum(self.step))}
         return StepOutput({"dino": loss}, None, batch.y, stats)
 
     def after_step(self, model: nn.Module) -> None:
-        """EMA update of the teacher with the cosine momentum schedule."""
-        self.step += 1
-        self._schedule_momentum()
+        """EMA update of the teacher with the momentum of this step (DINO's cosine schedule, indexed from 0)."""
+        self.teacher.decay = self.teacher_momentum(self.step)
         self.teacher.update(nn.ModuleDict({"backbone": unwrap(model), "head": self.head}))
-
-    def _schedule_momentum(self) -> None:
-        self.teacher.decay = cosine_to_one(self.opt.momentum_teacher, self.step,
-                                           self.ctx.epochs * self.ctx.steps_per_epoch)
+        self.step += 1
 
     @torch.no_grad()
     def _features(self, backbone: nn.Module, key: str, data: Any, split: Any) -> Tensor:
@@ -243,30 +276,69 @@ class DINO(Method):
         backbone.train(was)
         return torch.cat(out)
 
-    def extra_metrics(self, model: nn.Module, data: Any, final: bool) -> dict[str, float]:
-        """k-NN top-1 of student and teacher features (test; validation if held out); linear probe at the end."""
+    @staticmethod
+    def _pixels(data: Any, split: Any) -> Tensor:
+        """The split's standardised images, area-averaged to at most ``PIXEL_SIDE`` px a side, flattened."""
+        out = []
+        bs = data.cfg.eval_batch_size
+        for s in range(0, len(split), bs):
+            x = data._prepare(split.images[s:s + bs]).float()
+            x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], PIXEL_SIDE), min(x.shape[-1], PIXEL_SIDE)))
+            out.append(x.flatten(1))
+        return torch.cat(out)
+
+    def _score(self, who: str, features: Callable[[Any], Tensor], data: Any, probe: bool) -> dict[str, float]:
+        """k-NN (and with ``probe`` the linear probe) top-1 of ``features`` on test and, if held out, validation."""
         out: dict[str, float] = {}
         splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
         y_train = data.train.labels.to(self.ctx.device)
+        f_train = features(data.train)
+        for name, split in splits.items():
+            f = features(split)
+            y = split.labels.to(self.ctx.device)
+            out[f"knn_{who}_{name}_top1"] = knn_accuracy(f_train, y_train, f, y, self.ctx.num_classes, self.opt.knn_k)
+            if probe:
+                out[f"probe_{who}_{name}_top1"] = linear_probe_accuracy(f_train, y_train, f, y, self.ctx.num_classes)
+        return out
+
+    def extra_metrics(self, model: nn.Module, data: Any, final: bool) -> dict[str, float]:
+        """k-NN top-1 of student and teacher features (test; validation if held out); linear probe at the end. The
+        controls (network at initialisation, pixels) are scored once, at the first call: k-NN logged at every
+        evaluation, the probe at the end, where a student no better than its best control by k-NN (validation if
+        held out) is warned about."""
+        out: dict[str, float] = {}
         for who, backbone in (("student", unwrap(model)), ("teacher", self.teacher.module["backbone"])):
-            f_train = self._features(backbone, who, data, data.train)
-            for name, split in splits.items():
-                f = self._features(backbone, who, data, split)
-                y = split.labels.to(self.ctx.device)
-                out[f"knn_{who}_{name}_top1"] = knn_accuracy(f_train, y_train, f, y, self.ctx.num_classes,
-                                                             self.opt.knn_k)
-                if final:
-                    out[f"probe_{who}_{name}_top1"] = linear_probe_accuracy(f_train, y_train, f, y,
-                                                                            self.ctx.num_classes)
+            out.update(self._score(who, partial(self._features, backbone, who, data), data, final))
+        if self.init_backbone is not None:
+            self.controls = {**self._score("init", partial(self._features, self.init_backbone, "init", data), data,
+                                           True),
+                             **self._score("pixels", partial(self._pixels, data), data, True)}
+            self.init_backbone = None
+        out.update({k: v for k, v in self.controls.items() if final or k.startswith("knn_")})
+        split = "val" if data.val is not None else "test"
+        control = max((v for k, v in self.controls.items() if k.startswith("knn_") and k.endswith(f"_{split}_top1")),
+                      default=None)
+        if final and control is not None and out[f"knn_student_{split}_top1"] <= control:
+            warnings.warn(f"dino: the student's k-NN top-1 on {split} ({out[f'knn_student_{split}_top1']:.2f}) is not "
+                          f"above its controls' best ({control:.2f}: the network at initialisation or the pixels): "
+                          "the features have not learnt (docs/methods.md, dino: preset small)", stacklevel=2)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher, centre and step (the momentum schedule's position)."""
-        return {"teacher": self.teacher.module.state_dict(), "center": self.center, "step": self.step}
+        """Teacher, centre, step (the momentum schedule's position), the controls' scores and, until they are
+        scored, the network at initialisation."""
+        return {"teacher": self.teacher.module.state_dict(), "center": self.center, "step": self.step,
+                "controls": self.controls,
+                "init": None if self.init_backbone is None else self.init_backbone.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the teacher, the centre and the schedule position."""
+        """Restore the teacher, the centre, the schedule position and the controls (a checkpoint written before
+        the controls existed has neither: the run goes on without them)."""
         self.teacher.module.load_state_dict(state["teacher"])
         self.center.copy_(state["center"])
         self.step = state["step"]
-        self._schedule_momentum()
+        self.controls = dict(state.get("controls", {}))
+        if state.get("init") is None:
+            self.init_backbone = None
+        elif self.init_backbone is not None:
+            self.init_backbone.load_state_dict(state["init"])
