@@ -48,13 +48,14 @@ def _run(cfg: dict, path, nproc: int) -> None:
 
 
 @pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips"}, {"name": "pskd"}, {"name": "byot"},
-                                    {"name": "dino"}, {"name": "mean_teacher"},
-                                    {"name": "uskd"}])
+                                    {"name": "dino"}, {"name": "dino", "use_bn_in_head": True},
+                                    {"name": "mean_teacher"}, {"name": "uskd"}])
 def test_two_processes_match_one(tmp_path, method):
     """BYOT's auxiliary heads live outside DDP: their gradients are averaged and, with sync_bn, their BatchNorm
     is synchronised like the network's (without it the runs were ~2e-3 apart). DINO's and the batch-statistics
-    mean teacher's EMA teachers run in train mode and are synchronised too; DINO never reads the logits, so its
-    classifier is frozen (DDP stopped with "parameters that were not used in producing loss"). USKD's batch mean
+    mean teacher's EMA teachers run in train mode and are synchronised too, DINO's heads' BatchNorm included; DINO
+    never reads the logits, so its classifier is frozen (DDP stopped with "parameters that were not used in producing
+    loss"). USKD's batch mean
     of s_y² is a batch statistic: global under sync_bn."""
 
     def cfg(name):

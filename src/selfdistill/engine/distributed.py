@@ -131,11 +131,11 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class CPUSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose training statistics are computed over the whole global batch (all ranks), for CPU/gloo
-    where ``nn.SyncBatchNorm`` is unavailable. The statistics are all-reduced with autograd, so gradients flow
-    through them exactly as in single-process training of the global batch. On one process it computes the same
-    two-pass statistics without communication (PyTorch's fp32 CPU BatchNorm can lose ~1e-3 in its gradients on
-    ill-conditioned batches, which would make 1- and N-process runs differ).
+    """BatchNorm (of (N, C) or (N, C, H, W) inputs) whose training statistics are computed over the whole global
+    batch (all ranks), for CPU/gloo where ``nn.SyncBatchNorm`` is unavailable. The statistics are all-reduced with
+    autograd, so gradients flow through them exactly as in single-process training of the global batch. On one
+    process it computes the same two-pass statistics without communication (PyTorch's fp32 CPU BatchNorm can lose
+    ~1e-3 in its gradients on ill-conditioned batches, which would make 1- and N-process runs differ).
 
     Each layer talks over a process group of its own, so its collectives are paired only with the same layer's on
     the other ranks, whatever order the autograd engine visits parallel branches (a residual block's main path
@@ -143,6 +143,10 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     """
 
     group = None
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 4):
+            raise ValueError(f"expected 2D (BatchNorm1d) or 4D (BatchNorm2d) input (got {input.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -153,31 +157,33 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
             return _AllReduceSum.apply(t, self.group) if synced else t
 
         c = x.shape[1]
+        dims = (0, *range(2, x.dim()))  # every axis but the channels
+        shape = (1, c, *([1] * (x.dim() - 2)))
         xf = x.float()
         count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
-        stats = total(torch.cat([xf.sum((0, 2, 3)), count]))  # two passes: no E[x²] − E[x]² cancellation
+        stats = total(torch.cat([xf.sum(dims), count]))  # two passes: no E[x²] − E[x]² cancellation
         n = stats[-1]
         mean = stats[:c] / n
-        var = total(((xf - mean[None, :, None, None]) ** 2).sum((0, 2, 3))) / n
+        var = total(((xf - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1), m)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        y = (xf - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every ``BatchNorm2d`` by a synchronised one: ``nn.SyncBatchNorm`` on CUDA, :class:`CPUSyncBatchNorm`
-    elsewhere (parameters and buffers are kept)."""
+    """Replace every ``BatchNorm1d``/``BatchNorm2d`` by a synchronised one: ``nn.SyncBatchNorm`` on CUDA,
+    :class:`CPUSyncBatchNorm` elsewhere (parameters and buffers are kept)."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, CPUSyncBatchNorm):
+        if isinstance(child, nn.BatchNorm1d | nn.BatchNorm2d) and not isinstance(child, CPUSyncBatchNorm):
             new = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                    child.track_running_stats).to(device)
             new.load_state_dict(child.state_dict())
