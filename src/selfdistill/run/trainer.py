@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig, save_yaml, to_dict
+from ..config import ConfigError, RunConfig, save_yaml, to_dict
 from ..engine.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ..engine.distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm, unwrap, wrap_ddp
 from ..engine.logging import TensorBoardLog, format_epoch, progress_bar, write_csv
@@ -63,7 +63,11 @@ class Trainer:
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.data = self.task.data_module(cfg, self.device, self.dist.rank, self.dist.world, fmt)
-        model = self.task.build_model(cfg, self.data.num_classes, self.data.in_chans)
+        try:
+            model = self.task.build_model(cfg, self.data.num_classes, self.data.in_chans)
+        except (TypeError, ValueError) as exc:  # settings the model's constructor refuses (kwargs, channels)
+            raise ConfigError(f"model: cannot build '{cfg.model.name}' (model.kwargs {cfg.model.kwargs}) for "
+                              f"{self.data.num_classes} classes, {self.data.in_chans} channels: {exc}") from exc
         self.model: nn.Module = model.to(self.device, memory_format=fmt)
         method_cls, method_opts = self.task.method_options(cfg.method)
         self.cost = method_cls.cost(method_opts)
