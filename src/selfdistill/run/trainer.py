@@ -23,14 +23,9 @@ from ..methods import MethodContext
 from ..tasks import get_task
 from .evaluation import evaluate_split, without_count
 from .resolve import resolve_amp, resolve_device
-from .resume import check_resume_config
+from .resume import CHECKPOINT, check_resume_config, check_run_dir
 
-CHECKPOINT = "last.pt"
 COUNTERS = ("n", "correct", "steps", "gradnorm_steps")  # epoch accumulators that are not logged as means
-
-
-class RunExistsError(FileExistsError):
-    """The run directory already holds a checkpoint and ``resume`` was not asked for."""
 
 
 class Trainer:
@@ -113,7 +108,7 @@ class Trainer:
         save_checkpoint(state, self.run_dir / CHECKPOINT)
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor]]:
-        check_resume_config(ck["config"], self.cfg, self.task.method_options(self.cfg.method)[0], self.run_dir)
+        check_resume_config(ck["config"], self.cfg, self.run_dir)
         for k in self.STATE:
             getattr(self, k).load_state_dict(ck[k])
         for m, s in zip(self.extra, ck["extra"], strict=True):
@@ -142,13 +137,11 @@ class Trainer:
 
     def fit(self) -> RunSummary:
         """Train (or resume) to ``train.epochs`` and write the summary."""
+        check_run_dir(self.run_dir, self.cfg, self.resume)
         self._setup()
         cfg, ckpt_path = self.cfg, self.run_dir / CHECKPOINT
         start_epoch, start_step, acc = 1, 0, {}
         if ckpt_path.is_file():
-            if not self.resume:
-                raise RunExistsError(f"{self.run_dir} already holds a run (checkpoint {ckpt_path}). Pass --resume "
-                                     "to continue it, or choose another run name or --out.")
             done_epoch, step_in_epoch, acc = self._restore(load_run_checkpoint(ckpt_path, self.device))
             start_epoch, start_step = (done_epoch + 1, 0) if step_in_epoch == 0 else (done_epoch, step_in_epoch)
             self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {start_step}")
