@@ -105,7 +105,7 @@ class AugmentConfig:
     mean: list[float] | None = limited(None, low=0, high=1)
     """Per-channel mean in [0, 1]; ``None`` takes the dataset's default."""
     std: list[float] | None = limited(None, low=0, high=1, low_open=True)
-    """Per-channel std in [0, 1]; ``None`` takes the dataset's default."""
+    """Per-channel std in (0, 1]; ``None`` takes the dataset's default."""
     randaugment_ops: int = limited(2, low=0)
     """``strong`` views: RandAugment ops per image (each applied with probability ½)."""
     randaugment_magnitude: int = limited(10, low=1, high=10)
