@@ -91,6 +91,16 @@ def test_a_new_users_mistakes_end_in_one_line_and_leave_no_run_folder(tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_report_of_a_folder_without_runs_ends_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "no_runs"
+    assert main(["report", str(missing)]) == 2
+    assert f"no finished runs (summary.json) under {missing}" in capsys.readouterr().err
+    assert main(["report", "--compare", f"a={missing}", "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and err.count("\n") == 1
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_user_errors_end_without_a_traceback_in_a_real_process(tmp_path):
     env = {**os.environ, "SELFDISTILL_DEBUG": ""}
     bad = tmp_path / "x.pt"
