@@ -72,13 +72,18 @@ KEYS = _keys()
 
 
 # ----------------------------------------------------------------------------------------- what is valid
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The alternatives of a union annotation (``tp`` alone otherwise)."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
 def _accepts(tp: Any, value: Any) -> bool:
     """Whether ``value`` (plain YAML data) has the type annotation ``tp`` asks for (ints count as floats)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_accepts(a, value) for a in typing.get_args(tp))
+        return any(_accepts(a, value) for a in _members(tp))
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in typing.get_args(tp))
     if origin is list:
@@ -94,11 +99,6 @@ def _accepts(tp: Any, value: Any) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, tp)
-
-
-def _members(tp: Any) -> tuple[Any, ...]:
-    """The alternatives of a union annotation (``tp`` alone otherwise)."""
-    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
 
 
 def _number_type(tp: Any) -> type | None:
@@ -191,9 +191,7 @@ def invalid_values(key: Key) -> st.SearchStrategy:
 
 def _yaml(value: Any) -> str:
     """``value`` as YAML text for ``--set key=<text>`` (strings quoted, so ``on`` or ``1e3`` stay strings)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
-    return repr(value) if isinstance(value, float) else json.dumps(value)
+    return ".nan" if isinstance(value, float) and math.isnan(value) else json.dumps(value)
 
 
 # --------------------------------------------------------------------------------------------------- tests
