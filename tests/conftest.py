@@ -1,14 +1,31 @@
-"""Shared fixtures: paths to the real datasets beside the repository and small config helpers."""
+"""Shared fixtures: paths to the real datasets beside the repository and small config helpers.
+
+The real datasets live in ``../shared/datasets`` (or ``$SELFDISTILL_SHARED_DATASETS``); a test that needs a missing
+one is skipped, naming the folder, unless ``SELFDISTILL_REQUIRE_SHARED=1`` makes that a failure (as CI does)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
+SHARED_DATASETS = Path(os.environ.get("SELFDISTILL_SHARED_DATASETS") or REPO.parent / "shared" / "datasets")
+
+
+def shared_dataset(name: str, inside: str) -> Path:
+    """The real dataset ``name`` under :data:`SHARED_DATASETS`, recognised by the path ``inside`` it; when it is
+    missing the calling test is skipped (failed under ``SELFDISTILL_REQUIRE_SHARED=1``) with the folder named."""
+    root = SHARED_DATASETS / name
+    if not (root / inside).exists():
+        message = (f"the real {name} dataset is missing: expected {root / inside} (set SELFDISTILL_SHARED_DATASETS "
+                   "to the folder that holds the shared datasets)")
+        if os.environ.get("SELFDISTILL_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +36,20 @@ def cifar10_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cifar10_root() -> Path:
-    if not (CIFAR10 / "train").is_dir():
-        pytest.fail(f"the real CIFAR-10 ImageFolder copy is expected at {CIFAR10}")
-    return CIFAR10
+    """The real CIFAR-10 as an ImageFolder tree."""
+    return shared_dataset("cifar10", "train")
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    """The real CamVid (segmentation)."""
+    return shared_dataset("camvid", "train")
+
+
+@pytest.fixture(scope="session")
+def pennfudan_root() -> Path:
+    """The real Penn-Fudan pedestrians (detection)."""
+    return shared_dataset("pennfudan", "PNGImages")
 
 
 def synthetic_config(tmp_path: Path, **sections) -> dict:

@@ -63,6 +63,44 @@ def test_train_eval_and_user_errors(tmp_path, capsys):
     assert (run / "last.pt").read_bytes() == bare.read_bytes()
 
 
+def test_a_new_users_mistakes_end_in_one_line_and_leave_no_run_folder(tmp_path, capsys):
+    cfg = {"data": {"name": "synthetic", "synthetic_size": 64, "batch_size": 16, "image_size": 8},
+           "model": {"name": "resnet8"}, "out": str(tmp_path / "runs"),
+           "train": {"epochs": 1, "device": "cpu", "progress": False, "tensorboard": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: {name: synthetic\nmodel: [\n")
+    plain_file = tmp_path / "images.txt"
+    plain_file.write_text("not a dataset")
+    cases = [
+        (broken, [], f"{broken}: invalid YAML at line 2, column 6"),
+        (path, ["--set", "train.epochs=-1"], "train.epochs: expected an integer >= 1, got -1"),
+        (path, ["--set", "data.batch_size=0"], "data.batch_size: expected an integer >= 1, got 0"),
+        (path, ["--set", "model.name=timm:resnet_does_not_exist"], "model.name: unknown classification model"),
+        (path, ["--set", "model.kwargs={width: 2}"], "model: cannot build 'resnet8'"),
+        (path, ["--set", "data.batch_size=100"], "exceeds the 64 training images"),
+        (path, ["--set", "data.name=imagefolder", "--set", f"data.root={plain_file}"],
+         f"data.root '{plain_file}' is a file, not a folder or an archive"),
+    ]
+    for config, args, message in cases:
+        assert main(["train", "--config", str(config), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_report_of_a_folder_without_runs_ends_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "no_runs"
+    assert main(["report", str(missing)]) == 2
+    assert f"no finished runs (summary.json) under {missing}" in capsys.readouterr().err
+    assert main(["report", "--compare", f"a={missing}", "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and err.count("\n") == 1
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_user_errors_end_without_a_traceback_in_a_real_process(tmp_path):
     env = {**os.environ, "SELFDISTILL_DEBUG": ""}
     bad = tmp_path / "x.pt"

@@ -29,6 +29,59 @@ def test_wrong_type_names_key_and_expected_type():
         resolve_config({"sched": {"milestones": [1, "x"]}})
 
 
+def test_values_outside_a_keys_limits_name_the_key_and_the_range():
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer >= 1, got -1"):
+        resolve_config({"train": {"epochs": -1}})
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number > 0, got 0\.0"):
+        resolve_config({"optim": {"lr": 0}})
+    with pytest.raises(ConfigError, match=r"data\.val_fraction: expected a number in \[0, 1\), got 1\.0"):
+        resolve_config({"data": {"val_fraction": 1}})
+    with pytest.raises(ConfigError, match=r"optim\.betas\[1\]: expected a number in \[0, 1\), got 1\.5"):
+        resolve_config({"optim": {"betas": [0.9, 1.5]}})
+    with pytest.raises(ConfigError, match=r"optim\.betas: expected a list of 2 values"):
+        resolve_config({"optim": {"betas": [0.9]}})
+    with pytest.raises(ConfigError, match=r"optim\.momentum: expected a number in \[0, 1\), got nan"):
+        resolve_config({}, ["optim.momentum=.nan"])
+    with pytest.raises(ConfigError, match=r"out: expected a non-empty string"):
+        resolve_config({"out": ""})
+    with pytest.raises(ConfigError, match=r"segmentation\.size: expected a list of 2 values"):
+        resolve_config({"task": "segmentation", "data": {"name": "camvid"},
+                        "model": {"name": "lraspp_mobilenet_v3_large"}, "segmentation": {"size": [64]}})
+    edge = resolve_config({"data": {"val_fraction": 0, "num_workers": 0, "image_size": None}, "train": {"epochs": 1}})
+    assert edge.data.val_fraction == 0.0 and edge.train.epochs == 1
+
+
+def test_unknown_names_and_devices_are_refused_when_the_config_is_resolved():
+    with pytest.raises(KeyError, match=r"task: unknown task 'clasification'.*Did you mean 'classification'"):
+        resolve_config({"task": "clasification"})
+    with pytest.raises(ConfigError, match=r"data\.name: unknown classification dataset 'cifar1O'.*Did you mean"):
+        resolve_config({"data": {"name": "cifar1O"}})
+    with pytest.raises(ConfigError, match=r"model\.name: unknown classification model 'timm:no_such_net'"):
+        resolve_config({"model": {"name": "timm:no_such_net"}})
+    with pytest.raises(ConfigError, match=r"model\.name: unknown classification model 'torchvision:resnet"):
+        resolve_config({"model": {"name": "torchvision:resnet1"}})
+    with pytest.raises(ConfigError, match=r"model\.name: unknown segmentation model 'resnet20'"):
+        resolve_config({"task": "segmentation", "data": {"name": "camvid"}})
+    with pytest.raises(ConfigError, match=r"method\.name: expected str"):
+        resolve_config({"method": {"name": ["ce"]}})
+    with pytest.raises(ConfigError, match=r"train\.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
+        resolve_config({"train": {"device": "gpu"}})
+    for name in ("timm:resnet18", "timm:resnet18.a1_in1k", "torchvision:resnet18", "resnet8"):
+        assert resolve_config({"model": {"name": name}}).model.name == name
+    assert resolve_config({"train": {"device": "cuda:1"}}).train.device == "cuda:1"  # a GPU run checks on a laptop
+
+
+def test_a_device_this_machine_lacks_is_a_config_error(monkeypatch):
+    import torch
+
+    from selfdistill.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"train\.device: this machine has 0 cuda device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
 def test_ints_are_accepted_for_floats():
     assert resolve_config({"optim": {"lr": 1}}).optim.lr == 1.0
 
@@ -63,6 +116,12 @@ def test_yaml_file_errors(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         resolve_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: {name: synthetic\nmodel: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line 2, column 6: expected ',' or '}'"):
+        resolve_config(broken)
+    with pytest.raises(ConfigError, match=r"--set sched\.milestones: invalid YAML"):
+        resolve_config({}, ["sched.milestones=[1, 2"])
     ok = tmp_path / "ok.yaml"
     ok.write_text("seed: 3\nmodel: {name: resnet8}\n")
     cfg = resolve_config(ok, ["seed=4"])

@@ -22,7 +22,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, synthetic_config
+from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.config import save_yaml
 from selfdistill.engine.checkpoint import load_checkpoint
@@ -215,14 +215,14 @@ def test_checkpoint_resumes_on_another_world_size(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips", "grid": 4},
                                     {"name": "ips", "dense_kd": "class_region", "grid": 4, "min_pixels": 16}])
-def test_segmentation_two_processes_match_one(tmp_path, method):
+def test_segmentation_two_processes_match_one(tmp_path, camvid_root, method):
     """Pixel means (CE, the dense KD terms) are over the global batch's labelled pixels / regions: the ranks'
     counts differ (void pixels, crop padding, swaps), and a per-rank mean would weight them differently. Two
     steps: later, fp32 noise can flip a near-tie in class_region's teacher choice (a discrete jump, not a bias)."""
 
     def cfg(name: str) -> dict:
         return {"task": "segmentation", "name": name, "seed": 0, "out": str(tmp_path / "runs"),
-                "data": {"name": "camvid", "root": str(REPO.parent / "shared" / "datasets" / "camvid"),
+                "data": {"name": "camvid", "root": str(camvid_root),
                          "batch_size": 4, "eval_batch_size": 8, "train_subset": 8},
                 "segmentation": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "val_split": None,
                                  "test_split": "val"},
@@ -243,7 +243,7 @@ def test_segmentation_two_processes_match_one(tmp_path, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["segmentation", "detection"])
-def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task):
+def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, request, task):
     """The confusion matrix is summed and the detections are gathered over ranks: `selfdistill eval` under
     torchrun gives the single-process metrics of the whole split.
 
@@ -252,13 +252,14 @@ def test_dense_tasks_evaluate_the_whole_split_over_two_processes(tmp_path, task)
     reference runs with the ranks' one thread. (With shards cut mid-batch, a detector's scores differed in the
     last bits on another machine, a score crossed a threshold and mAP moved by 2e-4.)"""
 
-    shared = REPO.parent / "shared" / "datasets"
     if task == "segmentation":
-        data = {"name": "camvid", "root": str(shared / "camvid"), "batch_size": 4, "train_subset": 8}
+        data = {"name": "camvid", "root": str(request.getfixturevalue("camvid_root")), "batch_size": 4,
+                "train_subset": 8}
         section = {"size": [48, 64], "val_split": None}
         model = {"name": "lraspp_mobilenet_v3_large"}
     else:
-        data = {"name": "pennfudan", "root": str(shared / "pennfudan"), "batch_size": 2, "train_subset": 8}
+        data = {"name": "pennfudan", "root": str(request.getfixturevalue("pennfudan_root")), "batch_size": 2,
+                "train_subset": 8}
         section = {"size": 96}
         model = {"name": "fasterrcnn_mobilenet_v3_large_fpn", "kwargs": {"box_batch_size_per_image": 32}}
     cfg = {"task": task, "name": "run", "out": str(tmp_path), "data": data, task: section, "model": model,

@@ -3,16 +3,13 @@
 import pytest
 import torch
 
-from conftest import REPO
 from selfdistill.tasks.detection import box_swap, pennfudan_split, read_pascal_v1_boxes
 
-PENNFUDAN = REPO.parent / "shared" / "datasets" / "pennfudan"
 
-
-def test_pascal_v1_boxes_and_the_pennfudan_split():
+def test_pascal_v1_boxes_and_the_pennfudan_split(pennfudan_root):
     text = 'Bounding box for object 1 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (160, 182) - (302, 431)'
     assert read_pascal_v1_boxes(text).tolist() == [[159.0, 181.0, 302.0, 431.0]]
-    train, test = pennfudan_split(PENNFUDAN, "train"), pennfudan_split(PENNFUDAN, "test")
+    train, test = pennfudan_split(pennfudan_root, "train"), pennfudan_split(pennfudan_root, "test")
     assert len(train) == 120 and len(test) == 50
     assert sum(len(b) for _, b in train + test) == 423
     assert test[0][0].name > train[-1][0].name  # the last 50 by name

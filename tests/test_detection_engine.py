@@ -5,12 +5,12 @@ Penn-Fudan images."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
 from selfdistill import train
 from selfdistill.batch import Batch
 from selfdistill.bench.report import write_report
@@ -34,23 +34,21 @@ from selfdistill.tasks.detection import (
 from selfdistill.tasks.detection.config import DetectionConfig
 from selfdistill.tasks.detection.methods import DetIPSOptions
 
-PENNFUDAN = REPO.parent / "shared" / "datasets" / "pennfudan"
-
 
 # ------------------------------------------------------------------------------------------------------ data
-def _pf_config(**kw) -> DataConfig:
-    return DataConfig(name="pennfudan", root=str(PENNFUDAN), batch_size=2, eval_batch_size=4, **kw)
+def _pf_config(root: Path, **kw) -> DataConfig:
+    return DataConfig(name="pennfudan", root=str(root), batch_size=2, eval_batch_size=4, **kw)
 
 
 SMALL = DetectionConfig(size=96)
 
 
 @pytest.fixture(scope="module")
-def pennfudan_small():
-    return DetDataModule(_pf_config(train_subset=12, val_fraction=0.25), SMALL)
+def pennfudan_small(pennfudan_root):
+    return DetDataModule(_pf_config(pennfudan_root, train_subset=12, val_fraction=0.25), SMALL)
 
 
-def test_canvases_keep_the_aspect_and_scale_the_boxes(pennfudan_small):
+def test_canvases_keep_the_aspect_and_scale_the_boxes(pennfudan_small, pennfudan_root):
     d = pennfudan_small
     assert len(d.train) == 9 and len(d.val) == 3 and len(d.test) == 50 and d.classes == ["person"]
     for split in (d.train, d.test):
@@ -62,7 +60,7 @@ def test_canvases_keep_the_aspect_and_scale_the_boxes(pennfudan_small):
             assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all() and (b[:, :2] >= 0).all()
             assert (split.labels[i] == 1).all()
     # the first training image's first box is the annotation scaled by 96 / its longer side
-    path = PENNFUDAN / "PNGImages" / "FudanPed00001.png"
+    path = pennfudan_root / "PNGImages" / "FudanPed00001.png"
     with Image.open(path) as im:
         scale = 96 / max(im.size)
     one = load_canvases([(path, torch.tensor([[159.0, 181.0, 302.0, 431.0], [0, 0, 0.5, 0.5]]),
@@ -127,17 +125,17 @@ def test_coco_format_maps_categories_in_id_order_and_leaves_crowds_out(tmp_path)
         DetDataModule(cfg, DetectionConfig(size=40, test_split="nope"))
 
 
-def test_dataset_errors_say_what_to_do(tmp_path):
+def test_dataset_errors_say_what_to_do(tmp_path, pennfudan_root):
     with pytest.raises(DataError, match=r"data\.root is required"):
         DetDataModule(DataConfig(name="pennfudan"))
     with pytest.raises(DataError, match=r"unknown detection dataset 'penfudan'.*pennfudan"):
         DetDataModule(DataConfig(name="penfudan", root=str(tmp_path)))
     with pytest.raises(DataError, match="'train' and 'test'"):
-        DetDataModule(_pf_config(), DetectionConfig(size=96, test_split="val"))
+        DetDataModule(_pf_config(pennfudan_root), DetectionConfig(size=96, test_split="val"))
     with pytest.raises(DataError, match="both name a validation split"):
-        DetDataModule(_pf_config(val_fraction=0.2), DetectionConfig(size=96, val_split="test"))
+        DetDataModule(_pf_config(pennfudan_root, val_fraction=0.2), DetectionConfig(size=96, val_split="test"))
     with pytest.raises(DataError, match="train_subset=500 exceeds the 120"):
-        DetDataModule(_pf_config(train_subset=500), SMALL)
+        DetDataModule(_pf_config(pennfudan_root, train_subset=500), SMALL)
 
 
 # --------------------------------------------------------------------------------------------- distillation
@@ -327,9 +325,9 @@ def test_ips_on_an_identical_pair_has_zero_distillation(pool):
 
 
 # ------------------------------------------------------------------------------------------- end to end
-def _e2e_config(tmp_path, method, model="fasterrcnn_mobilenet_v3_large_fpn"):
+def _e2e_config(tmp_path, root, method, model="fasterrcnn_mobilenet_v3_large_fpn"):
     return {"task": "detection", "seed": 0, "out": str(tmp_path),
-            "data": {"name": "pennfudan", "root": str(PENNFUDAN), "batch_size": 2, "eval_batch_size": 8,
+            "data": {"name": "pennfudan", "root": str(root), "batch_size": 2, "eval_batch_size": 8,
                      "train_subset": 6, "val_fraction": 0.34}, "detection": {"size": 96, "test_count": 50},
             "model": {"name": model, "kwargs": {"box_batch_size_per_image": 32}},
             "method": method, "optim": {"name": "sgd", "lr": 0.01},
@@ -338,15 +336,15 @@ def _e2e_config(tmp_path, method, model="fasterrcnn_mobilenet_v3_large_fpn"):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips", "box_policy": "free"}])
-def test_detection_trains_resumes_exactly_and_evaluates(tmp_path, method):
-    cfg = _e2e_config(tmp_path / "full", method)
+def test_detection_trains_resumes_exactly_and_evaluates(tmp_path, pennfudan_root, method):
+    cfg = _e2e_config(tmp_path / "full", pennfudan_root, method)
     full = train(cfg, log=lambda _: None)
     assert full.task == "detection" and full.metrics == ["map", "ap50", "ap75"]
     assert 0.0 <= full.last["test_map"] <= 100.0 and "ap_person" in full.last_per_class
-    short = _e2e_config(tmp_path / "split", method)
+    short = _e2e_config(tmp_path / "split", pennfudan_root, method)
     short["train"]["epochs"] = 1
     train(short, log=lambda _: None)
-    resumed = train(_e2e_config(tmp_path / "split", method), resume=True, log=lambda _: None)
+    resumed = train(_e2e_config(tmp_path / "split", pennfudan_root, method), resume=True, log=lambda _: None)
     assert resumed.last == full.last  # 1 epoch + resume = 2 epochs uninterrupted
     run = tmp_path / "full" / resolve_config(cfg).run_name()
     again = evaluate(run / "last.pt")
@@ -360,6 +358,6 @@ def test_detection_trains_resumes_exactly_and_evaluates(tmp_path, method):
 
 def test_detection_config_errors_name_the_task(tmp_path):
     with pytest.raises(KeyError, match=r"unknown method 'cskd'.*task: detection, whose methods are ce, ips"):
-        train(_e2e_config(tmp_path, {"name": "cskd"}), log=lambda _: None)
+        train(_e2e_config(tmp_path, tmp_path, {"name": "cskd"}), log=lambda _: None)
     with pytest.raises(ConfigError, match="sigmoid_kd"):
-        train(_e2e_config(tmp_path, {"name": "ips", "sigmoid_kd": "nope"}), log=lambda _: None)
+        train(_e2e_config(tmp_path, tmp_path, {"name": "ips", "sigmoid_kd": "nope"}), log=lambda _: None)

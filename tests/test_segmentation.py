@@ -114,11 +114,8 @@ def test_confusion_matrix_metrics_by_hand():
     assert out["miou"] == pytest.approx(50.0) and out["pixel_acc"] == pytest.approx(100 * 2 / 3)
 
 
-def test_camvid_loader_on_the_real_data():
-    from conftest import REPO
-
-    root = REPO.parent / "shared" / "datasets" / "camvid"
-    images, labels, names = load_segmentation_folder(root, "val", size=(90, 120))
+def test_camvid_loader_on_the_real_data(camvid_root):
+    images, labels, names = load_segmentation_folder(camvid_root, "val", size=(90, 120))
     assert images.shape == (101, 3, 90, 120) and images.dtype == torch.uint8
     assert labels.shape == (101, 90, 120) and len(names) == 101
     values = set(labels.unique().tolist())

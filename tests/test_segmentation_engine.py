@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
 from selfdistill.batch import Batch
 from selfdistill.config import ConfigError, DataConfig
 from selfdistill.data import DataError
@@ -33,9 +32,6 @@ from selfdistill.tasks.segmentation.methods import DenseIPSOptions
 from selfdistill.tasks.segmentation.ops import pixel_kd_loss
 
 IGNORE = 255
-CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
-
-
 def _params(n: int, scale: float = 1.0, top: float = 0.0, left: float = 0.0, flip: bool = False) -> torch.Tensor:
     return torch.tensor([[scale, top, left, float(flip)]] * n, dtype=torch.float64)
 
@@ -308,10 +304,10 @@ def test_init_backbone_copies_a_classification_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- end to end
-def _config(tmp_path, method: dict, epochs: int = 1) -> dict:
+def _config(tmp_path, root, method: dict, epochs: int = 1) -> dict:
     return {
         "task": "segmentation", "seed": 0, "out": str(tmp_path / "runs"),
-        "data": {"name": "camvid", "root": str(CAMVID), "batch_size": 4, "eval_batch_size": 16, "train_subset": 8},
+        "data": {"name": "camvid", "root": str(root), "batch_size": 4, "eval_batch_size": 16, "train_subset": 8},
         "segmentation": {"size": [36, 48], "crop": [32, 32], "min_pixels": 16, "test_split": "val"},
         "model": {"name": "lraspp_mobilenet_v3_large"}, "method": method,
         "optim": {"lr": 0.01}, "sched": {"name": "constant"},
@@ -319,9 +315,9 @@ def _config(tmp_path, method: dict, epochs: int = 1) -> dict:
     }
 
 
-def test_validation_is_the_val_split_or_a_seeded_fraction_of_train_never_both():
+def test_validation_is_the_val_split_or_a_seeded_fraction_of_train_never_both(camvid_root):
     def data(**kw) -> DataConfig:
-        return DataConfig(name="camvid", root=str(CAMVID), train_subset=10, **kw)
+        return DataConfig(name="camvid", root=str(camvid_root), train_subset=10, **kw)
 
     seg = SegmentationConfig(size=[18, 24], test_split="val")
     split = SegDataModule(data(), seg)
@@ -338,26 +334,27 @@ def test_validation_is_the_val_split_or_a_seeded_fraction_of_train_never_both():
 
 
 def test_segmentation_methods_are_per_task():
-    cfg = resolve_config({"task": "segmentation", "method": {"name": "ips"}})
+    seg = {"task": "segmentation", "data": {"name": "camvid"}, "model": {"name": "lraspp_mobilenet_v3_large"}}
+    cfg = resolve_config({**seg, "method": {"name": "ips"}})
     assert cfg.method["dense_kd"] == "pixel_agree" and "partner_source" not in cfg.method
     with pytest.raises(KeyError, match="unknown method 'kd'"):
-        resolve_config({"task": "segmentation", "method": {"name": "kd"}})
+        resolve_config({**seg, "method": {"name": "kd"}})
     with pytest.raises(ConfigError, match="dense_kdd"):
-        resolve_config({"task": "segmentation", "method": {"name": "ips", "dense_kdd": "context"}})
+        resolve_config({**seg, "method": {"name": "ips", "dense_kdd": "context"}})
 
 
 @pytest.mark.parametrize("method", [{"name": "ce"}, {"name": "ips", "dense_kd": "context", "grid": 4}])
-def test_segmentation_trains_resumes_and_evaluates_on_camvid(tmp_path, method):
+def test_segmentation_trains_resumes_and_evaluates_on_camvid(tmp_path, camvid_root, method):
     from selfdistill import evaluate, train
     from selfdistill.bench.report import write_report
 
-    full = train(_config(tmp_path / "full", method, epochs=2))
+    full = train(_config(tmp_path / "full", camvid_root, method, epochs=2))
     assert full.task == "segmentation" and full.metrics == ["miou", "pixel_acc"]
     assert 0 <= full.last["test_miou"] <= 100 and "iou_Road" in full.last_per_class
     assert full.best_val["epoch"] in (1, 2)
     # one epoch, then resumed to two: the same history as the uninterrupted run
-    train(_config(tmp_path / "split", method, epochs=1))
-    resumed = train(_config(tmp_path / "split", method, epochs=2), resume=True)
+    train(_config(tmp_path / "split", camvid_root, method, epochs=1))
+    resumed = train(_config(tmp_path / "split", camvid_root, method, epochs=2), resume=True)
     assert resumed.last == full.last
     ck = tmp_path / "full" / "runs" / f"camvid_lraspp_mobilenet_v3_large_{method['name']}_s0" / "last.pt"
     assert evaluate(ck)["miou"] == pytest.approx(full.last["test_miou"], abs=1e-9)

@@ -26,7 +26,71 @@ _FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\.?inf)", re.IGNORE
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
+    """A configuration value is missing, unknown, of the wrong type or out of its range."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a config key accepts beyond its type: numbers (or each number of a list) from ``low`` to ``high`` (an
+    end is excluded where ``low_open``/``high_open``), lists of exactly ``length`` items, non-empty strings.
+    ``None`` always passes (where the type allows it)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    length: int | None = None
+    nonempty: bool = False
+
+    def interval(self) -> str:
+        """The numeric range in words: ``>= 1``, ``> 0``, ``<= 10``, ``in [0, 1)``; empty when unbounded."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return ""
+
+    def describe(self) -> str:
+        """The limits as the reference shows them after the type (``>= 1``, ``2 items in [0, 1)``, ``non-empty``)."""
+        parts = [f"{self.length} items" if self.length is not None else "", self.interval(),
+                 "non-empty" if self.nonempty else ""]
+        return " ".join(p for p in parts if p)
+
+    def _inside(self, x: float) -> bool:
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below  # NaN is inside no interval
+
+    def check(self, value: Any, path: str) -> None:
+        """Raise :class:`ConfigError` naming ``path`` when the (type-checked) ``value`` is outside the limits."""
+        if isinstance(value, str):
+            if self.nonempty and not value.strip():
+                raise ConfigError(f"{path}: expected a non-empty string (or null where allowed), got {value!r}")
+        elif isinstance(value, list | tuple):
+            if self.length is not None and len(value) != self.length:
+                raise ConfigError(f"{path}: expected a list of {self.length} values, got {value!r}")
+            for i, item in enumerate(value):
+                self.check(item, f"{path}[{i}]")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and not self._inside(value):
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise ConfigError(f"{path}: expected {kind} {self.interval()}, got {value!r}")
+
+
+def limited(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False, length: int | None = None, nonempty: bool = False) -> Any:
+    """A dataclass field with ``default`` (a callable: the factory of a list default) whose values
+    :func:`from_dict` checks against :class:`Limits`."""
+    metadata = {"limits": Limits(low, high, low_open, high_open, length, nonempty)}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def field_limits(cls: type) -> dict[str, Limits]:
+    """The :class:`Limits` of each field of dataclass ``cls`` that has them."""
+    return {f.name: f.metadata["limits"] for f in dataclasses.fields(cls) if "limits" in f.metadata}
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -34,21 +98,21 @@ class ConfigError(ValueError):
 class AugmentConfig:
     """Batched on-device training augmentation (test images are only normalised)."""
 
-    crop_padding: int = 4
+    crop_padding: int = limited(4, low=0)
     """Zero-padding (px) for the random crop; 0 disables the crop."""
     hflip: bool = True
     """Random horizontal flip with probability ½."""
-    mean: list[float] | None = None
+    mean: list[float] | None = limited(None, low=0, high=1)
     """Per-channel mean in [0, 1]; ``None`` takes the dataset's default."""
-    std: list[float] | None = None
-    """Per-channel std in [0, 1]; ``None`` takes the dataset's default."""
-    randaugment_ops: int = 2
+    std: list[float] | None = limited(None, low=0, high=1, low_open=True)
+    """Per-channel std in (0, 1]; ``None`` takes the dataset's default."""
+    randaugment_ops: int = limited(2, low=0)
     """``strong`` views: RandAugment ops per image (each applied with probability ½)."""
-    randaugment_magnitude: int = 10
+    randaugment_magnitude: int = limited(10, low=1, high=10)
     """``strong`` views: largest RandAugment magnitude (1..10); each op draws its magnitude in 1..this."""
-    cutout: float = 0.5
+    cutout: float = limited(0.5, low=0, high=1)
     """``strong`` views: Cutout side is drawn in ``[0, cutout)`` × the image width (0 disables Cutout)."""
-    cutout_fill: list[int] = field(default_factory=lambda: [125, 123, 114])
+    cutout_fill: list[int] = limited(lambda: [125, 123, 114], low=0, high=255)
     """``strong`` views: Cutout fill colour (uint8 per channel)."""
 
 
@@ -56,44 +120,44 @@ class AugmentConfig:
 class DataConfig:
     """Dataset, split and loader options."""
 
-    name: str = "cifar10"
+    name: str = limited("cifar10", nonempty=True)
     """Dataset source (``selfdistill list datasets``)."""
-    root: str | None = None
+    root: str | None = limited(None, nonempty=True)
     """Dataset folder. ``imagefolder`` needs ``train/`` and ``val/`` or ``test/`` inside it, or takes a ``.tar.gz``,
     ``.tgz``, ``.tar`` or ``.zip`` archive of such a folder (unpacked once under ``cache_dir``)."""
     download: bool = False
     """Let torchvision download CIFAR (needs internet)."""
-    batch_size: int = 128
+    batch_size: int = limited(128, low=1)
     """Global batch (anchors per optimiser step summed over all ranks)."""
-    eval_batch_size: int = 512
+    eval_batch_size: int = limited(512, low=1)
     """Batch size for evaluation."""
-    train_subset: int = 0
+    train_subset: int = limited(0, low=0)
     """Class-balanced number of training images to keep (0 = all), drawn with ``split_seed`` (segmentation and
     detection: a random subset)."""
-    val_fraction: float = 0.0
+    val_fraction: float = limited(0.0, low=0, high=1, high_open=True)
     """Class-balanced fraction of the training set held out for model selection (segmentation and detection: a
     random fraction, only where the task's ``val_split`` is null)."""
-    split_seed: int = 0
+    split_seed: int = limited(0, low=0)
     """Seed of the subset and validation split (independent of the run seed)."""
-    image_size: int | None = None
+    image_size: int | None = limited(None, low=1)
     """Resize images to this square size on decode (needed when an ImageFolder's sizes differ)."""
     in_memory: Literal["auto", "always", "never"] = "auto"
     """Hold decoded images in memory as uint8 (``auto``: when under ``memory_limit_gb``) or stream them."""
-    memory_limit_gb: float = 8.0
+    memory_limit_gb: float = limited(8.0, low=0)
     """``auto`` keeps a dataset in memory as uint8 when its decoded size is under this limit."""
-    cache_dir: str | None = None
+    cache_dir: str | None = limited(None, nonempty=True)
     """Where decoded ImageFolder tensors are cached (default ``$SELFDISTILL_CACHE`` or ~/.cache/selfdistill)."""
     skip_corrupt: bool = False
     """Skip unreadable images (counted and reported) instead of failing."""
-    num_workers: int = 4
+    num_workers: int = limited(4, low=0)
     """DataLoader workers for streamed (not in-memory) datasets."""
     drop_last: bool = True
     """Drop the last incomplete training batch of each epoch."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Training augmentation."""
-    synthetic_size: int = 512
+    synthetic_size: int = limited(512, low=1)
     """Images per split for the ``synthetic`` dataset."""
-    num_classes: int | None = None
+    num_classes: int | None = limited(None, low=2)
     """Classes for ``synthetic`` (default 10); ignored elsewhere."""
 
 
@@ -101,7 +165,7 @@ class DataConfig:
 class ModelConfig:
     """Network options."""
 
-    name: str = "resnet20"
+    name: str = limited("resnet20", nonempty=True)
     """A zoo name (``selfdistill list models``), ``timm:<name>`` or ``torchvision:<name>``; for segmentation a
     torchvision segmentation model (``lraspp_mobilenet_v3_large``, ``deeplabv3_resnet50``, ...), for detection a
     ``<fasterrcnn|retinanet|fcos>_<backbone>_fpn`` detector (``fasterrcnn_mobilenet_v3_large_fpn``, ...)."""
@@ -111,7 +175,7 @@ class ModelConfig:
     """Use the channels-last memory format for inputs and weights."""
     compile: bool = False
     """Wrap the training model in ``torch.compile``."""
-    init_backbone: str | None = None
+    init_backbone: str | None = limited(None, nonempty=True)
     """``transfer`` mode of segmentation and detection: a selfdistill classification checkpoint (``last.pt``) of the
     matching torchvision backbone whose weights initialise the segmenter's or detector's backbone."""
     sync_bn: bool = False
@@ -125,19 +189,19 @@ class OptimConfig:
 
     name: Literal["sgd", "adamw"] = "sgd"
     """Optimiser."""
-    lr: float = 0.1
+    lr: float = limited(0.1, low=0, low_open=True)
     """Base learning rate (peak LR for ``onecycle``)."""
-    momentum: float = 0.9
+    momentum: float = limited(0.9, low=0, high=1, high_open=True)
     """SGD momentum."""
     nesterov: bool = False
     """Nesterov momentum (SGD)."""
-    weight_decay: float = 5e-4
+    weight_decay: float = limited(5e-4, low=0)
     """Decoupled for AdamW, L2 for SGD."""
     wd_exclude_norm_bias: bool = False
     """Apply no weight decay to normalisation weights and biases."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = limited(lambda: [0.9, 0.999], low=0, high=1, high_open=True, length=2)
     """AdamW betas."""
-    grad_clip: float = 0.0
+    grad_clip: float = limited(0.0, low=0)
     """Clip the global gradient norm to this value (0 = off)."""
 
 
@@ -147,17 +211,17 @@ class SchedConfig:
 
     name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
     """Schedule shape."""
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    milestones: list[int] = limited(lambda: [150, 180, 210], low=0)
     """Epochs after which the LR is multiplied by ``gamma`` (multistep)."""
-    gamma: float = 0.1
+    gamma: float = limited(0.1, low=0, low_open=True)
     """LR factor at each milestone (multistep)."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = limited(0.0, low=0)
     """Linear warm-up length in epochs (multistep, cosine, constant)."""
-    warmup_start_factor: float = 0.1
+    warmup_start_factor: float = limited(0.1, low=0, high=1)
     """Warm-up starts at this fraction of the LR."""
-    min_lr: float = 0.0
+    min_lr: float = limited(0.0, low=0)
     """Final LR of the cosine schedule."""
-    pct_start: float = 0.25
+    pct_start: float = limited(0.25, low=0, high=1, low_open=True, high_open=True)
     """Fraction of training spent rising (onecycle)."""
 
 
@@ -165,20 +229,20 @@ class SchedConfig:
 class TrainConfig:
     """Loop options."""
 
-    epochs: int = 240
+    epochs: int = limited(240, low=1)
     """Training epochs."""
-    device: str = "auto"
+    device: str = limited("auto", nonempty=True)
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: Literal["none", "bf16", "fp16"] = "none"
     """Autocast precision (losses stay fp32; fp16 uses a GradScaler; fp16 on CPU falls back to bf16; bf16 on a CPU
     without AVX-512 warns: emulated there, many times slower than fp32)."""
-    ema_decay: float = 0.0
+    ema_decay: float = limited(0.0, low=0, high=1, high_open=True)
     """Keep an EMA copy of the model and evaluate it as well (0 = off)."""
-    eval_every: int = 1
+    eval_every: int = limited(1, low=1)
     """Evaluate every N epochs (and always after the last)."""
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = limited(0, low=0)
     """Extra mid-epoch checkpoints every N steps (0 = only at epoch ends)."""
-    log_every: int = 20
+    log_every: int = limited(20, low=1)
     """Refresh the progress-bar statistics every N steps."""
     progress: bool | Literal["auto"] = "auto"
     """Progress bar: ``auto`` (only on a terminal), ``true``/``on`` or ``false``/``off``."""
@@ -186,12 +250,12 @@ class TrainConfig:
     """Write TensorBoard events to ``<run>/tb``."""
     deterministic: bool = False
     """Ask torch for deterministic kernels (warns where none exists)."""
-    threads: int = 0
+    threads: int = limited(0, low=0)
     """torch intra-op threads (0 = torch default)."""
     eval_train: bool = False
     """After the last epoch, score the final model on its own training images without augmentation (one more pass
     over the training set): ``train_fit`` in the summary, the fit table of ``selfdistill report``."""
-    grad_norm_every: int = 0
+    grad_norm_every: int = limited(0, low=0)
     """Every N steps, measure the gradient norm of each loss term on the network's weights (one extra backward per
     term, on each rank's own shard; nothing else changes); logged per epoch as ``train_gradnorm_<term>`` (0 = off)."""
 
@@ -200,14 +264,14 @@ class TrainConfig:
 class RunConfig:
     """A complete experiment."""
 
-    task: str = "classification"
+    task: str = limited("classification", nonempty=True)
     """What the run trains (``selfdistill list tasks``): ``classification``, ``segmentation``, ``detection``.
     Methods are per task, and a task may own a section of settings named after it (e.g. ``segmentation:``)."""
-    seed: int = 0
+    seed: int = limited(0, low=0)
     """Seed of initialisation, data order and augmentation."""
-    name: str | None = None
+    name: str | None = limited(None, nonempty=True)
     """Run directory name (default ``<dataset>_<model>_<method>_s<seed>``)."""
-    out: str = "runs"
+    out: str = limited("runs", nonempty=True)
     """Parent folder of the run directory (the run goes to ``out/name``)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset and loader."""
@@ -296,9 +360,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and values outside a field's
+    :class:`Limits`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    limits = field_limits(cls)
     kwargs = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
@@ -307,6 +373,8 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
                 f"unknown config key '{full}'.{did_you_mean(str(key), names)} Valid keys here: {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], full)
+        if key in limits:
+            limits[key].check(kwargs[key], full)
     return cls(**kwargs)
 
 
@@ -365,8 +433,19 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        out.append((key.strip(), _read_yaml(raw, f"--set {key.strip()}") if raw.strip() else None))
     return out
+
+
+def _read_yaml(text: str | typing.IO[str], where: str) -> Any:
+    """``yaml.safe_load`` whose syntax errors are a one-line :class:`ConfigError` naming ``where`` and the place."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -375,7 +454,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+        data = _read_yaml(fh, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -403,7 +482,7 @@ def load_yaml_list(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"file not found: {path}")
     with path.open() as fh:
-        data = yaml.safe_load(fh) or []
+        data = _read_yaml(fh, str(path)) or []
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise ConfigError(f"{path}: the top level must be a list of mappings")
     return data
@@ -434,9 +513,11 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def options_table(cls: type, prefix: str = "") -> tuple[list[str], list[tuple[type, str]]]:
     """Markdown rows ``| key | type | default | meaning |`` of a dataclass's fields (meaning: the field's
-    docstring), and its nested dataclass fields as ``(type, prefix)`` to document separately."""
+    docstring; type: with its :class:`Limits`), and its nested dataclass fields as ``(type, prefix)`` to document
+    separately."""
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
+    limits = field_limits(cls)
     rows, nested = ["| key | type | default | meaning |", "|---|---|---|---|"], []
     for f in dataclasses.fields(cls):
         if f.name == "task_options":  # written under the task's name: documented with the task
@@ -446,7 +527,8 @@ def options_table(cls: type, prefix: str = "") -> tuple[list[str], list[tuple[ty
             nested.append((tp, f"{prefix}{f.name}."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | `{default!r}` | {docs.get(f.name, '')} |")
+        kind = _type_name(tp) + (f", {limits[f.name].describe()}" if f.name in limits else "")
+        rows.append(f"| `{prefix}{f.name}` | {kind} | `{default!r}` | {docs.get(f.name, '')} |")
     return rows, nested
 
 

@@ -42,6 +42,8 @@ def supervised_label(label: str) -> bool:
 def load_results(source: str | Path) -> list[Result]:
     """The supervised runs of a benchmark: a folder of runs, or a report's ``runs.csv``."""
     source = Path(source)
+    if not source.exists():
+        raise ConfigError(f"{source} does not exist: name a folder of runs or a report's runs.csv")
     if source.is_file():
         with source.open(newline="") as fh:
             return [Result((r["dataset"], r["model"]), r["method"], int(r["seed"]),
@@ -125,7 +127,6 @@ def write_comparison(benchmarks: dict[str, str | Path], out: str | Path, baselin
                      relabel: Relabel | None = None) -> Path:
     """Write ``comparison.md`` for the named benchmarks (``name → run folder or runs.csv``); returns its path."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     renames = [arg for n, m in (relabel or {}).items() for old, new in m.items() for arg in ("--relabel", n, old, new)]
     command = shlex.join(["selfdistill", "report", "--compare", *(f"{n}={s}" for n, s in benchmarks.items()),
                           *renames, *(["--baseline", baseline] if baseline != "ce" else []), "--out", str(out)])
@@ -136,6 +137,7 @@ def write_comparison(benchmarks: dict[str, str | Path], out: str | Path, baselin
              "Supervised methods only: a self-supervised one (DINO) trains no classifier (its reports have a table).",
              *(["A `--relabel` renames a benchmark's label before the rows are matched."] if renames else []), "",
              *comparison_lines(benchmarks, baseline, relabel)]
+    out.mkdir(parents=True, exist_ok=True)  # after the benchmarks were read: a bad path leaves no folder
     path = out / "comparison.md"
     path.write_text("\n".join(lines) + "\n")
     return path

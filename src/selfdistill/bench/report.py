@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
 from ..engine.summary import RunSummary
 from .runner import method_label
 
@@ -572,7 +573,8 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     dirs = [Path(d) for d in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
     runs = [run for d in dirs for run in load_runs(d)]
     if not runs:
-        raise FileNotFoundError(f"no finished runs (summary.json) under {', '.join(map(str, dirs))}")
+        raise ConfigError(f"no finished runs (summary.json) under {', '.join(map(str, dirs))}: name the folders "
+                          "that hold the run directories")
     out = Path(out) if out is not None else dirs[0].parent / "report"
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)

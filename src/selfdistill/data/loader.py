@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch, DataRequirements, MultiCrop
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from .multicrop import resized_crops, sample_crops
 from .samplers import SAMPLERS, assemble_batch, eval_ranges, global_batch, step_seed
 from .sources import DATASETS, DataError, RawData, Split
@@ -64,7 +64,8 @@ class DataModule:
         batch = global_batch(self.cfg.batch_size, req.batch_scale, self.world)
         sampler = SAMPLERS[req.sampler](self.train.labels, batch, self.cfg.drop_last, seed)
         if req.multicrop is not None and not self.in_memory:
-            raise ValueError("multi-crop views need in-memory data (data.in_memory)")
+            raise ConfigError("data.in_memory: multi-crop views need in-memory data (data.in_memory=always, or a "
+                              "dataset under data.memory_limit_gb)")
         return TrainLoader(self, sampler, req.views, seed, req.multicrop)
 
     def _prepare(self, images_u8: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..config import ConfigError
 
 
 @dataclass
@@ -55,11 +56,11 @@ class ShuffleSampler:
 
     def __init__(self, labels: Tensor, batch_size: int, drop_last: bool, seed: int) -> None:
         if batch_size < 1:
-            raise ValueError("batch size must be positive")
+            raise ConfigError("data.batch_size: the batch size must be positive")
         n = labels.numel()
         if drop_last and n < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the {n} training images (set data.drop_last=false "
-                             "or use a smaller batch)")
+            raise ConfigError(f"data.batch_size: batch size {batch_size} exceeds the {n} training images (set "
+                              "data.drop_last=false or use a smaller batch)")
         self.labels = labels
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -112,8 +113,8 @@ def global_batch(batch_size: int, batch_scale: float, world: int) -> int:
     over ``world`` ranks."""
     batch = round(batch_size * batch_scale)
     if batch < 1 or batch % world:
-        raise ValueError(f"{batch} anchors per step (data.batch_size={batch_size} × {batch_scale}) is the global "
-                         f"batch and must be a positive multiple of the world size {world}")
+        raise ConfigError(f"data.batch_size: {batch} anchors per step (data.batch_size={batch_size} × {batch_scale}) "
+                          f"is the global batch and must be a positive multiple of the world size {world}")
     return batch
 
 

@@ -352,6 +352,9 @@ def imagefolder(cfg: DataConfig) -> RawData:
     root = Path(cfg.root).expanduser()
     if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
         root = unpack_archive(root, cfg)
+    if root.is_file():
+        raise DataError(f"data.root '{root}' is a file, not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)}): "
+                        "point it at a folder with train/ and val/ or test/ inside, or at an archive of one")
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist")
     test_name = next((n for n in ("val", "test") if (root / n).is_dir()), None)

@@ -179,11 +179,13 @@ def validate_method_options(spec: dict[str, Any], registry: Registry[type[Method
     if "name" not in spec:
         raise ConfigError(f"method.name is required (one of: {', '.join(registry.names())})")
     name = spec.pop("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name: expected str, got {type(name).__name__} {name!r}")
     cls = registry.get(name)
     preset = spec.pop("preset", None)
     values: dict[str, Any] = {}
     if preset is not None:
-        if preset not in cls.PRESETS:
+        if not isinstance(preset, str) or preset not in cls.PRESETS:
             raise ConfigError(f"method.preset: '{name}' has presets {sorted(cls.PRESETS) or 'none'}, got '{preset}'")
         values.update(cls.PRESETS[preset])
     values.update(spec)

@@ -10,13 +10,27 @@ from . import mobilenetv2, resnet_3stage, resnet_4stage, shufflenet, vgg, wrn  #
 from .features import FeatureTaps, feature_names
 from .registry import MODELS
 
-__all__ = ["MODELS", "FeatureTaps", "build_model", "feature_names", "list_models"]
+__all__ = ["MODELS", "FeatureTaps", "build_model", "feature_names", "is_model", "list_models"]
 
 
 def list_models(external: bool = False) -> list[str]:
     """Zoo names; with ``external`` also a hint for the ``timm:``/``torchvision:`` prefixes."""
     names = MODELS.names()
     return [*names, "timm:<name>", "torchvision:<name>"] if external else names
+
+
+def is_model(name: str) -> bool:
+    """Whether :func:`build_model` knows ``name``: a zoo name, a timm architecture (with or without a pretrained
+    tag; a ``hf-hub:``/``local-dir:`` source is taken on trust) or a torchvision model."""
+    if name.startswith("timm:"):
+        import timm
+
+        return ":" in name[5:] or timm.is_model(name[5:])
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        return name[12:] in torchvision.models.list_models()
+    return name in MODELS
 
 
 def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:

@@ -5,7 +5,8 @@ from ..engine.optim import NonFiniteLossError
 from .api import train
 from .evaluation import evaluate, evaluate_split, load_run_model
 from .resolve import resolve_config, resolve_device
-from .trainer import RunExistsError, Trainer
+from .resume import RunExistsError
+from .trainer import Trainer
 
 __all__ = [
     "NonFiniteLossError", "RunExistsError", "Trainer", "evaluate", "evaluate_split", "load_run_model",

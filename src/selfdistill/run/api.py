@@ -12,7 +12,8 @@ from ..engine.summary import RunSummary
 from ..tasks import get_task
 from .evaluation import score_ensemble
 from .resolve import resolve_config
-from .trainer import RunExistsError, Trainer
+from .resume import check_run_dir
+from .trainer import Trainer
 
 
 def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
@@ -28,9 +29,7 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
     if not stages:
         return Trainer(cfg, resume=resume, log=log).fit()
     top = Path(cfg.out) / cfg.run_name()
-    if top.is_dir() and any(top.iterdir()) and not resume:
-        raise RunExistsError(f"{top} already holds a run. Pass --resume to continue it, or choose another run "
-                             "name or --out.")
+    check_run_dir(top, cfg, resume)
     if is_main_process():  # the run directory is marked as one from the start: its stages are not runs of their own
         top.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), top / "config.yaml")

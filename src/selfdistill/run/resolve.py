@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig, config_data, parse_config
+from ..config import ConfigError, RunConfig, config_data, parse_config
+from ..registry import UnknownNameError
 from ..tasks import get_task
 
 
@@ -19,18 +20,47 @@ def resolve_config(source: RunConfig | dict[str, Any] | str | Path | None = None
     """Turn a YAML path, a dict or a :class:`RunConfig` plus ``key=value`` overrides into a validated config: every
     key and type, the method's options (its preset applied) and the task's section (its defaults filled in)."""
     cfg = parse_config(config_data(source, overrides))
-    task = get_task(cfg.task)
+    try:
+        task = get_task(cfg.task)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"task: {e}") from None
     cfg.method = task.validate_method(cfg.method)
     options = task.options(cfg)
     cfg.task_options = dataclasses.asdict(options) if options is not None else {}
+    task.check_names(cfg)
+    parse_device(cfg.train.device)
     return cfg
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(name: str) -> torch.device | None:
+    """The device ``train.device`` names (``None`` for ``auto``); anything but ``auto``, ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps`` is a :class:`ConfigError`."""
     if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"train.device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; a device this machine does not have is a :class:`ConfigError`
+    (raised before any data is read)."""
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "mps": int(torch.backends.mps.is_available())}[device.type]
+    if (device.index or 0) >= count:
+        raise ConfigError(f"train.device: this machine has {count} {device.type} device(s), {name!r} is not one of "
+                          "them; set train.device=auto or cpu")
+    return device
 
 
 def cpu_bf16_supported() -> bool:

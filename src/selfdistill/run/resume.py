@@ -1,4 +1,5 @@
-"""What a resumed run may change: its config must be the saved run's, except for where it runs and how long."""
+"""Which run folder a config may write into: a folder holds one experiment, continued only with its own settings
+(except for where it runs and how long)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RunConfig, from_dict, parse_config, to_dict
+from ..config import ConfigError, RunConfig, from_dict, load_yaml, parse_config, to_dict
+from ..tasks import get_task
+
+CHECKPOINT = "last.pt"
 
 # keys that may differ between a run's saved config and the one it is resumed with
 RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
-                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
+                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out",
+                     "name")
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run: one with other settings, or this one's without ``resume``."""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -23,19 +32,59 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_config(saved: dict[str, Any], cfg: RunConfig, method_cls: type, run_dir: Path) -> None:
-    """Refuse to resume ``run_dir`` with a config that differs from the saved one, beyond :data:`RESUMABLE_CHANGES`;
-    a key the saved run did not have yet (added to the library since) is no change at its default value."""
+def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """``key: old -> new`` for each key whose value differs between a run's saved config and ``cfg``, leaving out
+    :data:`RESUMABLE_CHANGES` and keys the saved run did not have yet (added to the library since) at their
+    default value."""
     with warnings.catch_warnings():  # keys since moved are read in their new place, as a new run reads them
         warnings.simplefilter("ignore", DeprecationWarning)
         old = _flatten(to_dict(parse_config(saved)))
     new = _flatten(to_dict(cfg))
+    task = get_task(cfg.task)
+    method_cls = task.method_options(cfg.method)[0]
     defaults = {**_flatten(to_dict(RunConfig())),
                 **{f"method.{k}": v for k, v in to_dict(from_dict(method_cls.Options, {})).items()}}
+    if task.Options is not None:
+        defaults.update(_flatten(to_dict(from_dict(task.Options, {})), f"{cfg.task}."))
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
                   and not (k not in old and k in defaults and new.get(k) == defaults[k]))
-    if diff:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
-        raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved run ({shown}). Resume with "
-                          "the same settings or start a new run (another name or --out).")
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff]
+
+
+def _shown(changes: list[str]) -> str:
+    more = f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+    return "; ".join(changes[:6]) + more
+
+
+def _resume_refused(run_dir: Path, changes: list[str]) -> ConfigError:
+    return ConfigError(f"cannot resume {run_dir}: the config differs from the saved run ({_shown(changes)}). Resume "
+                       "with the same settings, or start a new run (another name or --out).")
+
+
+def check_resume_config(saved: dict[str, Any], cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume ``run_dir`` with a config that differs from the saved one (:func:`config_changes`)."""
+    changes = config_changes(saved, cfg)
+    if changes:
+        raise _resume_refused(run_dir, changes)
+
+
+def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Before anything is read or built, refuse ``run_dir`` when its ``config.yaml`` is another experiment's
+    (:func:`config_changes`; with ``resume`` as without), or when it holds a started run (a checkpoint, a stage's
+    included) and ``resume`` is not asked for."""
+    saved = run_dir / "config.yaml"
+    changes = []
+    if saved.is_file():
+        try:
+            changes = config_changes(load_yaml(saved), cfg)
+        except ConfigError as exc:  # written by a version whose keys this one does not read
+            changes = [f"its config.yaml is not a config of this version: {exc}"]
+    if changes and resume:
+        raise _resume_refused(run_dir, changes)
+    if changes:
+        raise RunExistsError(f"{run_dir} holds a run with other settings ({_shown(changes)}). Give this run another "
+                             f"--out or name, or delete {run_dir} to replace that run.")
+    if not resume and run_dir.is_dir() and any(run_dir.rglob(CHECKPOINT)):
+        raise RunExistsError(f"{run_dir} already holds a run (a checkpoint {CHECKPOINT}). Pass --resume to continue "
+                             "it, or choose another run name or --out.")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig, save_yaml, to_dict
+from ..config import ConfigError, RunConfig, save_yaml, to_dict
 from ..engine.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ..engine.distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm, unwrap, wrap_ddp
 from ..engine.logging import TensorBoardLog, format_epoch, progress_bar, write_csv
@@ -23,14 +23,9 @@ from ..methods import MethodContext
 from ..tasks import get_task
 from .evaluation import evaluate_split, without_count
 from .resolve import resolve_amp, resolve_device
-from .resume import check_resume_config
+from .resume import CHECKPOINT, check_resume_config, check_run_dir
 
-CHECKPOINT = "last.pt"
 COUNTERS = ("n", "correct", "steps", "gradnorm_steps")  # epoch accumulators that are not logged as means
-
-
-class RunExistsError(FileExistsError):
-    """The run directory already holds a checkpoint and ``resume`` was not asked for."""
 
 
 class Trainer:
@@ -63,7 +58,11 @@ class Trainer:
         seed_everything(cfg.seed)
         fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.data = self.task.data_module(cfg, self.device, self.dist.rank, self.dist.world, fmt)
-        model = self.task.build_model(cfg, self.data.num_classes, self.data.in_chans)
+        try:
+            model = self.task.build_model(cfg, self.data.num_classes, self.data.in_chans)
+        except (TypeError, ValueError) as exc:  # settings the model's constructor refuses (kwargs, channels)
+            raise ConfigError(f"model: cannot build '{cfg.model.name}' (model.kwargs {cfg.model.kwargs}) for "
+                              f"{self.data.num_classes} classes, {self.data.in_chans} channels: {exc}") from exc
         self.model: nn.Module = model.to(self.device, memory_format=fmt)
         method_cls, method_opts = self.task.method_options(cfg.method)
         self.cost = method_cls.cost(method_opts)
@@ -109,7 +108,7 @@ class Trainer:
         save_checkpoint(state, self.run_dir / CHECKPOINT)
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor]]:
-        check_resume_config(ck["config"], self.cfg, self.task.method_options(self.cfg.method)[0], self.run_dir)
+        check_resume_config(ck["config"], self.cfg, self.run_dir)
         for k in self.STATE:
             getattr(self, k).load_state_dict(ck[k])
         for m, s in zip(self.extra, ck["extra"], strict=True):
@@ -138,13 +137,11 @@ class Trainer:
 
     def fit(self) -> RunSummary:
         """Train (or resume) to ``train.epochs`` and write the summary."""
+        check_run_dir(self.run_dir, self.cfg, self.resume)
         self._setup()
         cfg, ckpt_path = self.cfg, self.run_dir / CHECKPOINT
         start_epoch, start_step, acc = 1, 0, {}
         if ckpt_path.is_file():
-            if not self.resume:
-                raise RunExistsError(f"{self.run_dir} already holds a run (checkpoint {ckpt_path}). Pass --resume "
-                                     "to continue it, or choose another run name or --out.")
             done_epoch, step_in_epoch, acc = self._restore(load_run_checkpoint(ckpt_path, self.device))
             start_epoch, start_step = (done_epoch + 1, 0) if step_in_epoch == 0 else (done_epoch, step_in_epoch)
             self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {start_step}")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, RunConfig, from_dict
 from ..engine.distributed import DistInfo
 from ..methods.base import Method, method_options, validate_method_options
-from ..registry import Registry, UnknownNameError
+from ..registry import Registry, UnknownNameError, did_you_mean
 
 
 class Evaluator(Protocol):
@@ -79,6 +79,22 @@ class Task:
         """The datasets this task reads (``selfdistill list datasets``)."""
         raise NotImplementedError
 
+    def known_model(self, name: str) -> bool:
+        """Whether :meth:`build_model` builds ``name``: one of :meth:`model_names`, with or without
+        ``torchvision:``."""
+        return name.removeprefix("torchvision:") in self.model_names()
+
+    def check_names(self, cfg: RunConfig) -> None:
+        """Refuse a dataset or a model this task does not know, naming the key, before anything is read or built."""
+        datasets = self.dataset_names()
+        if cfg.data.name not in datasets:
+            raise ConfigError(f"data.name: unknown {self.name} dataset '{cfg.data.name}'."
+                              f"{did_you_mean(cfg.data.name, datasets)} Known: {', '.join(datasets)}")
+        if not self.known_model(cfg.model.name):
+            raise ConfigError(f"model.name: unknown {self.name} model '{cfg.model.name}'."
+                              f"{did_you_mean(cfg.model.name, self.model_names())} Run `selfdistill list models` to "
+                              "see them.")
+
     def evaluator(self, data: Any, device: torch.device) -> Evaluator:
         """An empty evaluator for ``data``'s splits."""
         raise NotImplementedError
@@ -96,9 +112,9 @@ class Task:
         """The ``method:`` mapping checked against this task's methods and fully resolved."""
         try:
             return validate_method_options(spec, self.methods)
-        except UnknownNameError as e:  # say which task's methods were searched
-            raise UnknownNameError(f"{e} (task: {self.name}, whose methods are {', '.join(self.methods.names())})"
-                                   ) from None
+        except UnknownNameError as e:  # name the key and say which task's methods were searched
+            raise UnknownNameError(f"method.name: {e} (task: {self.name}, whose methods are "
+                                   f"{', '.join(self.methods.names())})") from None
 
     def method_options(self, spec: dict[str, Any]) -> tuple[type[Method], Any]:
         """The method class and its options for a validated ``method:`` mapping."""

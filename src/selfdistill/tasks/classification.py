@@ -12,7 +12,7 @@ from ..data import DataModule, list_datasets
 from ..engine.metrics import MetricAccumulator, topk_correct
 from ..losses import entropy_rows
 from ..methods import METHODS
-from ..models import build_model, list_models
+from ..models import build_model, is_model, list_models
 from .base import Task, register_task
 
 
@@ -36,6 +36,9 @@ class ClassificationTask(Task):
 
     def dataset_names(self) -> list[str]:
         return list_datasets()
+
+    def known_model(self, name: str) -> bool:
+        return is_model(name)
 
     def evaluator(self, data: Any, device: torch.device) -> MetricAccumulator:
         return MetricAccumulator(device)
