@@ -377,17 +377,17 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
 
 
 def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
-    from selfdistill.bench.report import _column, _plot_diagnostics, diagnostics_lines
+    from selfdistill.bench.report.diagnostics import column, diagnostics_lines, plot_diagnostics
 
     rows = [{"epoch": 1.0, "train_loss_ce": 2.0, "train_loss_kd": 1.0, "train_logit_norm": 3.0},
             {"epoch": 2.0, "train_loss_ce": 1.0, "train_loss_kd": 4.0, "train_logit_norm": 5.0},
             {"epoch": 3.0, "train_loss_ce": 0.0, "train_loss_kd": 4.0}]  # a zero CE term has no ratio
     run = Run(summary=RunSummary(seed=0), rows=rows)
-    assert _column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
-    assert _column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
-    assert _plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
+    assert column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
+    assert column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
+    assert plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
     bare = Run(summary=RunSummary(seed=0), rows=[{"epoch": 1.0, "test_top1": 5.0}])
-    assert not _plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
+    assert not plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
     # the table holds each logged column's last value (mean over seeds), a dash where a cell does not log it
     other = Run(summary=RunSummary(seed=1), rows=[{"epoch": 1.0, "train_loss_ce": 1.0, "train_loss_kd": 2.0}])
