@@ -20,9 +20,10 @@ from selfdistill.bench.report import (
     group_table,
     load_runs,
     mean_std,
+    paired_cells,
+    paired_p,
     per_class_lines,
     update_readme,
-    welch_p,
 )
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
@@ -188,8 +189,27 @@ def test_statistics_helpers():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     m, s = mean_std([4.0])
     assert m == 4.0 and s != s  # std undefined for one value
-    assert welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 0.001
-    assert welch_p([1.0], [2.0, 3.0]) != welch_p([1.0], [2.0, 3.0])  # nan
+
+
+def test_paired_t_test_golden_values():
+    """The p of the paired t-test on three seeds, checked by hand: differences +1.5, +0.5, +2.0 have mean 4/3 and
+    sample std sqrt(7/12), so t = (4/3) / (sqrt(7/12) / sqrt(3)); with two degrees of freedom the two-sided p is
+    1 − t / sqrt(t² + 2)."""
+    ips, ce = [71.5, 72.5, 73.0], [70.0, 72.0, 71.0]
+    t = (4 / 3) / (math.sqrt(7 / 12) / math.sqrt(3))
+    expected = 1 - t / math.sqrt(t * t + 2)
+    assert expected == pytest.approx(0.0942, abs=1e-4)
+    assert paired_p(ips, ce) == pytest.approx(expected)
+    # pairing matters: the same values unpaired (Welch) give a larger p
+    from scipy import stats
+
+    assert paired_p(ips, ce) < stats.ttest_ind(ips, ce, equal_var=False).pvalue
+    assert paired_cells(ips, ce) == ("+1.33 ± 0.76 (n=3)", f"{expected:.3f}")
+    # two seeds: each seed's difference, in seed order, and no p; one seed: its difference; none: dashes
+    assert math.isnan(paired_p(ips[:2], ce[:2]))
+    assert paired_cells(ips[:2], ce[:2]) == ("+1.50, +0.50 (n=2)", "–")
+    assert paired_cells([69.0], [70.0]) == ("-1.00 (n=1)", "–")
+    assert paired_cells([], []) == ("–", "–")
 
 
 def test_method_label_names_changed_options_but_not_the_teacher_source():
@@ -309,14 +329,19 @@ def test_group_table_pairs_seeds_with_the_baseline_and_dashes_a_row_with_none():
                              images_per_s=100.0, steps_per_epoch=5)
         return Run(summary=summary, rows=[])
 
-    ce = Cell("ce", [run(0, 70.0), run(1, 72.0)])
-    both = Cell("ips", [run(0, 71.5), run(1, 72.5)])  # per-seed gains +1.5 and +0.5
+    ce = Cell("ce", [run(0, 70.0), run(1, 72.0), run(2, 71.0)])
+    three = Cell("ips", [run(0, 71.5), run(1, 72.5), run(2, 73.0)])  # per-seed gains +1.5, +0.5, +2.0
+    two = Cell("ips_s01", [run(1, 72.5), run(0, 71.5)])  # gains +1.5 (seed 0) and +0.5 (seed 1)
     one = Cell("ips_s1", [run(1, 74.0)])
-    unpaired = Cell("ips_s2", [run(2, 80.0)])  # no seed in common with CE
-    rows = [line.split(" | ") for line in group_table([ce, both, one, unpaired], "ce")[2:]]
-    delta = [r[4] for r in rows]
-    assert delta == ["–", "+1.00 ± 0.71 (n=2)", "+2.00 (n=1)", "–"]
-    assert [r[2] for r in rows] == ["71.00 ± 1.41", "72.00 ± 0.71", "74.00", "80.00"]
+    unpaired = Cell("ips_s3", [run(3, 80.0)])  # no seed in common with CE
+    table = group_table([ce, three, two, one, unpaired], "ce")
+    head = table[0].split(" | ")
+    assert head[4:6] == ["Δ top-1 vs ce (paired)", "p (paired t)"] and "p (Welch)" not in table[0]
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [r[4] for r in rows] == ["–", "+1.33 ± 0.76 (n=3)", "+1.50, +0.50 (n=2)", "+2.00 (n=1)", "–"]
+    assert [r[5] for r in rows] == ["–", f"{paired_p([71.5, 72.5, 73.0], [70.0, 72.0, 71.0]):.3f}", "–", "–", "–"]
+    assert rows[1][5] == "0.094"
+    assert [r[2] for r in rows] == ["71.00 ± 1.00", "72.33 ± 0.76", "72.00 ± 0.71", "74.00", "80.00"]
 
 
 def test_step_time_ratio_divides_by_the_baselines_time_on_the_same_machine():

@@ -2,7 +2,7 @@
 
 For each (dataset, model) and method configuration: mean ± sample std over seeds of last-epoch test top-1,
 test top-1 at the best-validation epoch, ECE and NLL; the paired gain over the baseline (same seeds) with a
-Welch t-test; seconds per epoch and images/s (medians over epochs), declared passes per step and the measured
+paired t-test; seconds per epoch and images/s (medians over epochs), declared passes per step and the measured
 step time relative to the baseline. Also a CSV of every run, test-accuracy curves and reliability diagrams (PNG).
 
 Modules: :mod:`.runs` loads and labels runs, :mod:`.stats` holds the statistics, :mod:`.sections` the registry of a
@@ -17,11 +17,11 @@ from .generations import generation_lines
 from .readme import README_END, README_START, results_sections, update_readme
 from .runs import Cell, Run, epoch_timing, load_runs
 from .sections import LABELS, Group, section
-from .stats import fmt, fmt_gain, mean_std, paired_gain, step_ratio, welch_p
-from .table import fit_lines, group_table, machine_lines
+from .stats import fmt, fmt_gain, mean_std, paired, paired_p, step_ratio
+from .table import fit_lines, group_table, machine_lines, paired_cells
 from .write import write_report
 
 __all__ = ["LABELS", "README_END", "README_START", "Cell", "Group", "Run", "diagnostics_lines", "epoch_timing",
            "eval_model_lines", "fit_lines", "fmt", "fmt_gain", "generation_lines", "group_table", "load_runs",
-           "machine_lines", "mean_std", "paired_gain", "per_class_lines", "results_sections", "section",
-           "self_supervised_lines", "step_ratio", "teacher_lines", "update_readme", "welch_p", "write_report"]
+           "machine_lines", "mean_std", "paired", "paired_cells", "paired_p", "per_class_lines", "results_sections",
+           "section", "self_supervised_lines", "step_ratio", "teacher_lines", "update_readme", "write_report"]

@@ -1,4 +1,4 @@
-"""Statistics over seeds: mean ± std, paired gains and their tests, and the step-time ratio to the baseline."""
+"""Statistics over seeds: mean ± std, paired gains and their t-test, and the step-time ratio to the baseline."""
 
 from __future__ import annotations
 
@@ -31,22 +31,27 @@ def fmt_gain(mean: float, std: float, n: int) -> str:
     return "–" if math.isnan(mean) else f"{fmt(mean, std, signed=True)} (n={n})"
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p-value (nan with fewer than two values per side)."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def paired_gain(cell: Cell, base: Cell, value: Callable[[Run], float]) -> tuple[float, float, int]:
-    """Mean ± std of per-seed differences ``cell − base`` of ``value`` over the seeds both have."""
+def paired(cell: Cell, base: Cell, value: Callable[[Run], float]) -> tuple[list[float], list[float]]:
+    """``value`` of ``cell``'s runs and of ``base``'s on the seeds both have (and both measured), in seed order."""
     a = {r.seed: value(r) for r in cell.runs}
     b = {r.seed: value(r) for r in base.runs}
-    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-    m, s = mean_std(diffs)
-    return m, s, len(diffs)
+    seeds = [s for s in sorted(set(a) & set(b)) if not (math.isnan(a[s]) or math.isnan(b[s]))]
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+MIN_PAIRS_FOR_P = 3
+"""Fewer pairs print no p-value: with two, the t-test has one degree of freedom and the report lists both
+differences instead."""
+
+
+def paired_p(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test p-value of ``a`` against ``b`` (values of the same seeds, in the same order:
+    ``scipy.stats.ttest_rel``); nan with fewer than :data:`MIN_PAIRS_FOR_P` pairs."""
+    if len(a) < MIN_PAIRS_FOR_P:
+        return math.nan
+    from scipy import stats
+
+    return float(stats.ttest_rel(a, b).pvalue)
 
 
 def step_time(run: Run) -> float:

@@ -9,7 +9,19 @@ from collections import defaultdict
 
 from .runs import Cell, Run
 from .sections import LABELS, Group, section, task_metrics
-from .stats import environment, fmt, fmt_gain, mean_std, paired_gain, step_ratio, welch_p
+from .stats import MIN_PAIRS_FOR_P, environment, fmt, fmt_gain, mean_std, paired, paired_p, step_ratio
+
+
+def paired_cells(a: list[float], b: list[float]) -> tuple[str, str]:
+    """The table's Δ and p cells for a row's values ``a`` and the baseline's ``b`` on the seeds both have: the mean
+    ± std of the differences and the paired t-test's p; with fewer pairs than a p needs, each seed's difference (in
+    seed order) and no p; dashes without a pair."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if not diffs:
+        return "–", "–"
+    if len(diffs) < MIN_PAIRS_FOR_P:
+        return f"{', '.join(f'{d:+.2f}' for d in diffs)} (n={len(diffs)})", "–"
+    return fmt_gain(*mean_std(diffs), len(diffs)), f"{paired_p(a, b):.3f}"
 
 
 def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[str]:
@@ -24,17 +36,12 @@ def group_table(cells: list[Cell], baseline: str, split: str = "test") -> list[s
     base = next((c for c in cells if c.label == baseline), None)
     best_head = f"test {LABELS[main]} @ best val" if split == "test" else f"val {LABELS[main]} (best epoch)"
     head = ["method", "n", f"{split} {LABELS[main]} (last)", best_head,
-            *(f"{LABELS[m]} (last)" for m in others), f"Δ {LABELS[main]} vs {baseline} (paired)", "p (Welch)",
+            *(f"{LABELS[m]} (last)" for m in others), f"Δ {LABELS[main]} vs {baseline} (paired)", "p (paired t)",
             "s/epoch", "img/s", "passes/step", f"step time ×{baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for cell in cells:
         values = cell.values(last)
-        if base is not None and cell is not base:
-            gain = fmt_gain(*paired_gain(cell, base, last))
-            p = welch_p(values, base.values(last))
-            p_text = "–" if math.isnan(p) else f"{p:.3f}"
-        else:
-            gain, p_text = "–", "–"
+        gain, p_text = paired_cells(*paired(cell, base, last)) if base is not None and cell is not base else ("–", "–")
         ratio = step_ratio(cell, base) if base is not None else math.nan
         lines.append("| " + " | ".join([
             f"`{cell.label}`", str(len(cell.runs)), fmt(*mean_std(values)),
