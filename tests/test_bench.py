@@ -174,6 +174,8 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     new = readme.read_text()
     assert "old" not in new and "| `ce` | 2 |" in new and new.startswith("intro") and new.endswith("outro\n")
     assert "selfdistill bench --config grid.yaml" in new and "![" not in new
+    # the cost figure's link, relative to the report in it, is made relative to the README
+    assert "[Accuracy against cost](report/cost_synthetic_resnet8.png)" in new
     # several reports, each with its heading and command, from a manifest through the CLI
     manifest = tmp_path / "results.yaml"
     manifest.write_text(yaml.safe_dump([{"report": str(report), "command": "cmd one", "heading": "First"},
@@ -445,3 +447,64 @@ def test_compare_csv_leaves_out_self_supervised_rows(tmp_path) -> None:
     path.write_text(header + "d,m,ce,0,40.0,top1\nd,m,dino [optim.lr=0.015],0,1.0,top1\nd,m,kd,0,42.5,top1\n")
     results = load_results(path)
     assert [(r.label, r.value) for r in results] == [("ce", 40.0), ("kd", 42.5)]
+
+
+def test_sections_are_registered_in_order_and_test_only_ones_stay_out_of_a_validation_report():
+    from selfdistill.bench.report.sections import section, sections
+
+    names = [s.name for s in sections("test")]
+    assert names == ["table", "cost", "machines", "training fit", "teachers", "other models", "generations",
+                     "self-supervised", "per class", "curves", "reliability", "diagnostics"]
+    assert [s.name for s in sections("val")] == ["table", "cost", "machines", "training fit", "curves", "diagnostics"]
+    with pytest.raises(ValueError, match="registered twice"):
+        section("generations", 1)(lambda group: [])
+
+
+def test_cost_figure_places_methods_at_their_step_time_and_ce_at_k_times_the_epochs(tmp_path):
+    """CE runs with 2× and 4× the group's epochs are the reference points at cost 2 and 4; a method's cost is its
+    measured step time ×ce, or its declared passes per step where no CE run shares its machine."""
+    from selfdistill.bench.report.cost import cost_figure
+
+    def run(name, method, seed, epochs, seconds, top1, val, machine="A", passes=1.0):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        cfg = {"method": {"name": method}, "data": {"name": "x", "batch_size": 8}, "model": {"name": "m"},
+               "seed": seed, "train": {"epochs": epochs}}
+        (d / "summary.json").write_text(json.dumps({
+            "config": cfg, "seed": seed, "epochs": epochs, "metrics": ["top1", "nll", "ece"],
+            "last": {"test_top1": top1, "test_nll": 1.0, "test_ece": 5.0}, "seconds_per_epoch": seconds,
+            "images_per_s": 100.0, "steps_per_epoch": 10, "passes_per_step": passes,
+            "env": {"device_name": machine, "platform": "p"}}))
+        rows = f"1,40,{val - 1},{top1 - 1}\n2,60,{val},{top1}\n"
+        (d / "metrics.csv").write_text("epoch,train_top1,val_top1,test_top1\n" + rows)
+
+    run("ce_s0", "ce", 0, 10, 10.0, 50.0, 48.0)
+    run("ce_s1", "ce", 1, 10, 10.0, 52.0, 50.0)
+    run("ips_s0", "ips", 0, 10, 20.0, 55.0, 53.0, passes=2.0)
+    run("ips_s1", "ips", 1, 10, 20.0, 57.0, 55.0, passes=2.0)
+    run("kd_s0", "kd", 0, 10, 99.0, 54.0, 52.0, machine="B")  # no CE run on B: its declared passes per step
+    run("ce_e20_s0", "ce", 0, 20, 10.0, 54.0, 52.0)
+    run("ce_e20_s1", "ce", 1, 20, 10.0, 56.0, 54.0)
+    run("ce_e40_s0", "ce", 0, 40, 10.0, 58.0, 56.0)
+    cells: dict[str, Cell] = {}
+    for r in load_runs(tmp_path / "runs"):
+        cells.setdefault(r.label, Cell(r.label)).runs.append(r)
+    figure = cost_figure(list(cells.values()), "ce")
+    assert (figure.baseline.label, figure.baseline.cost, figure.baseline.mean) == ("ce", 1.0, 51.0)
+    assert [(p.label, p.cost, p.mean) for p in figure.references] == [("ce [train.epochs=20]", 2.0, 55.0),
+                                                                      ("ce [train.epochs=40]", 4.0, 58.0)]
+    methods = {p.label: p for p in figure.methods}
+    assert set(methods) == {"ips", "kd"}
+    assert methods["ips"].cost == pytest.approx(2.0) and methods["ips"].measured and methods["ips"].mean == 56.0
+    assert methods["kd"].cost == 1.0 and not methods["kd"].measured
+    assert cost_figure([cells["ips"]], "ce") is None  # no baseline in the group: no figure
+    val = cost_figure(list(cells.values()), "ce", split="val")
+    assert val.baseline.mean == 49.0 and [p.mean for p in val.references] == [53.0, 56.0]
+
+    for split, metric in (("test", "test top-1"), ("val", "val top-1")):
+        text = write_report(tmp_path / "runs", tmp_path / split, split=split).read_text()
+        assert (tmp_path / split / "cost_x_m.png").stat().st_size > 0
+        lines = text.splitlines()
+        figure_line = lines.index(f"![{metric} against training cost](cost_x_m.png)")
+        assert lines[figure_line - 2].startswith("| `kd` |")  # under the main table
+        assert "`ce` trained for k× the epochs" in lines[figure_line + 2] and "Hollow markers" in lines[figure_line + 2]

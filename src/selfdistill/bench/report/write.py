@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 # the modules that register the built-in sections
-from . import breakdowns, diagnostics, generations, plots, table  # noqa: F401
+from . import breakdowns, cost, diagnostics, generations, plots, table  # noqa: F401
 from .runs import Cell, load_runs
 from .runs_csv import write_csv
 from .sections import Group, group_lines
