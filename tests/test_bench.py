@@ -498,6 +498,7 @@ def test_cost_figure_places_methods_at_their_step_time_and_ce_at_k_times_the_epo
     assert methods["ips"].cost == pytest.approx(2.0) and methods["ips"].measured and methods["ips"].mean == 56.0
     assert methods["kd"].cost == 1.0 and not methods["kd"].measured
     assert cost_figure([cells["ips"]], "ce") is None  # no baseline in the group: no figure
+    assert cost_figure([cells["ce"]], "ce") is None  # nothing beside the baseline: no figure
     val = cost_figure(list(cells.values()), "ce", split="val")
     assert val.baseline.mean == 49.0 and [p.mean for p in val.references] == [53.0, 56.0]
 

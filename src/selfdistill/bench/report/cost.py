@@ -50,9 +50,10 @@ def epochs_multiple(cell: Cell, base: Cell) -> float | None:
 def cost_figure(cells: list[Cell], baseline: str, split: str = "test") -> CostFigure | None:
     """The figure's points for a group's supervised ``cells`` on ``split`` (last epoch's primary metric): each
     method at its step time ×baseline times its epochs over the baseline's, or at its declared passes per step
-    over the baseline's where the step time has no baseline run to divide by; None without a baseline cell."""
+    over the baseline's where the step time has no baseline run to divide by; None without a baseline cell or
+    without another cell beside it."""
     base = next((c for c in cells if c.label == baseline), None)
-    if base is None:
+    if base is None or len(cells) < 2:
         return None
     main = task_metrics(cells)[0]
 
