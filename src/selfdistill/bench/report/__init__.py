@@ -3,12 +3,13 @@
 For each (dataset, model) and method configuration: mean ± sample std over seeds of last-epoch test top-1,
 test top-1 at the best-validation epoch, ECE and NLL; the paired gain over the baseline (same seeds) with a
 paired t-test; seconds per epoch and images/s (medians over epochs), declared passes per step and the measured
-step time relative to the baseline. Also a CSV of every run, test-accuracy curves and reliability diagrams (PNG).
+step time relative to the baseline. Also a CSV of every run, test-accuracy curves, reliability diagrams and
+accuracy against training cost (PNG).
 
 Modules: :mod:`.runs` loads and labels runs, :mod:`.stats` holds the statistics, :mod:`.sections` the registry of a
-group's markdown sections (built by :mod:`.table`, :mod:`.breakdowns`, :mod:`.generations`, :mod:`.plots` and
-:mod:`.diagnostics`), :mod:`.write` writes ``report.md`` and :mod:`.runs_csv` ``runs.csv``, :mod:`.readme` splices
-reports into a README.
+group's markdown sections (built by :mod:`.table`, :mod:`.cost`, :mod:`.breakdowns`, :mod:`.generations`,
+:mod:`.plots` and :mod:`.diagnostics`), :mod:`.write` writes ``report.md`` and :mod:`.runs_csv` ``runs.csv``,
+:mod:`.readme` splices reports into a README.
 """
 
 from .breakdowns import eval_model_lines, per_class_lines, self_supervised_lines, teacher_lines
