@@ -20,9 +20,10 @@ from selfdistill.bench.report import (
     group_table,
     load_runs,
     mean_std,
+    paired_cells,
+    paired_p,
     per_class_lines,
     update_readme,
-    welch_p,
 )
 from selfdistill.bench.runner import method_label
 from selfdistill.cli import main
@@ -173,6 +174,8 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     new = readme.read_text()
     assert "old" not in new and "| `ce` | 2 |" in new and new.startswith("intro") and new.endswith("outro\n")
     assert "selfdistill bench --config grid.yaml" in new and "![" not in new
+    # the cost figure's link, relative to the report in it, is made relative to the README
+    assert "[Accuracy against cost](report/cost_synthetic_resnet8.png)" in new
     # several reports, each with its heading and command, from a manifest through the CLI
     manifest = tmp_path / "results.yaml"
     manifest.write_text(yaml.safe_dump([{"report": str(report), "command": "cmd one", "heading": "First"},
@@ -188,8 +191,27 @@ def test_statistics_helpers():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     m, s = mean_std([4.0])
     assert m == 4.0 and s != s  # std undefined for one value
-    assert welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 0.001
-    assert welch_p([1.0], [2.0, 3.0]) != welch_p([1.0], [2.0, 3.0])  # nan
+
+
+def test_paired_t_test_golden_values():
+    """The p of the paired t-test on three seeds, checked by hand: differences +1.5, +0.5, +2.0 have mean 4/3 and
+    sample std sqrt(7/12), so t = (4/3) / (sqrt(7/12) / sqrt(3)); with two degrees of freedom the two-sided p is
+    1 − t / sqrt(t² + 2)."""
+    ips, ce = [71.5, 72.5, 73.0], [70.0, 72.0, 71.0]
+    t = (4 / 3) / (math.sqrt(7 / 12) / math.sqrt(3))
+    expected = 1 - t / math.sqrt(t * t + 2)
+    assert expected == pytest.approx(0.0942, abs=1e-4)
+    assert paired_p(ips, ce) == pytest.approx(expected)
+    # pairing matters: the same values unpaired (Welch) give a larger p
+    from scipy import stats
+
+    assert paired_p(ips, ce) < stats.ttest_ind(ips, ce, equal_var=False).pvalue
+    assert paired_cells(ips, ce) == ("+1.33 ± 0.76 (n=3)", f"{expected:.3f}")
+    # two seeds: each seed's difference, in seed order, and no p; one seed: its difference; none: dashes
+    assert math.isnan(paired_p(ips[:2], ce[:2]))
+    assert paired_cells(ips[:2], ce[:2]) == ("+1.50, +0.50 (n=2)", "–")
+    assert paired_cells([69.0], [70.0]) == ("-1.00 (n=1)", "–")
+    assert paired_cells([], []) == ("–", "–")
 
 
 def test_method_label_names_changed_options_but_not_the_teacher_source():
@@ -309,14 +331,19 @@ def test_group_table_pairs_seeds_with_the_baseline_and_dashes_a_row_with_none():
                              images_per_s=100.0, steps_per_epoch=5)
         return Run(summary=summary, rows=[])
 
-    ce = Cell("ce", [run(0, 70.0), run(1, 72.0)])
-    both = Cell("ips", [run(0, 71.5), run(1, 72.5)])  # per-seed gains +1.5 and +0.5
+    ce = Cell("ce", [run(0, 70.0), run(1, 72.0), run(2, 71.0)])
+    three = Cell("ips", [run(0, 71.5), run(1, 72.5), run(2, 73.0)])  # per-seed gains +1.5, +0.5, +2.0
+    two = Cell("ips_s01", [run(1, 72.5), run(0, 71.5)])  # gains +1.5 (seed 0) and +0.5 (seed 1)
     one = Cell("ips_s1", [run(1, 74.0)])
-    unpaired = Cell("ips_s2", [run(2, 80.0)])  # no seed in common with CE
-    rows = [line.split(" | ") for line in group_table([ce, both, one, unpaired], "ce")[2:]]
-    delta = [r[4] for r in rows]
-    assert delta == ["–", "+1.00 ± 0.71 (n=2)", "+2.00 (n=1)", "–"]
-    assert [r[2] for r in rows] == ["71.00 ± 1.41", "72.00 ± 0.71", "74.00", "80.00"]
+    unpaired = Cell("ips_s3", [run(3, 80.0)])  # no seed in common with CE
+    table = group_table([ce, three, two, one, unpaired], "ce")
+    head = table[0].split(" | ")
+    assert head[4:6] == ["Δ top-1 vs ce (paired)", "p (paired t)"] and "p (Welch)" not in table[0]
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [r[4] for r in rows] == ["–", "+1.33 ± 0.76 (n=3)", "+1.50, +0.50 (n=2)", "+2.00 (n=1)", "–"]
+    assert [r[5] for r in rows] == ["–", f"{paired_p([71.5, 72.5, 73.0], [70.0, 72.0, 71.0]):.3f}", "–", "–", "–"]
+    assert rows[1][5] == "0.094"
+    assert [r[2] for r in rows] == ["71.00 ± 1.00", "72.33 ± 0.76", "72.00 ± 0.71", "74.00", "80.00"]
 
 
 def test_step_time_ratio_divides_by_the_baselines_time_on_the_same_machine():
@@ -377,17 +404,17 @@ def test_report_timing_is_the_median_epoch_and_stages_add_up(tmp_path):
 
 
 def test_diagnostic_columns_and_the_kd_to_ce_ratio(tmp_path):
-    from selfdistill.bench.report import _column, _plot_diagnostics, diagnostics_lines
+    from selfdistill.bench.report.diagnostics import column, diagnostics_lines, plot_diagnostics
 
     rows = [{"epoch": 1.0, "train_loss_ce": 2.0, "train_loss_kd": 1.0, "train_logit_norm": 3.0},
             {"epoch": 2.0, "train_loss_ce": 1.0, "train_loss_kd": 4.0, "train_logit_norm": 5.0},
             {"epoch": 3.0, "train_loss_ce": 0.0, "train_loss_kd": 4.0}]  # a zero CE term has no ratio
     run = Run(summary=RunSummary(seed=0), rows=rows)
-    assert _column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
-    assert _column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
-    assert _plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
+    assert column(run, "kd/ce") == [(1.0, 0.5), (2.0, 4.0)]
+    assert column(run, "train_logit_norm") == [(1.0, 3.0), (2.0, 5.0)]
+    assert plot_diagnostics([Cell("ips", [run])], "t", tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
     bare = Run(summary=RunSummary(seed=0), rows=[{"epoch": 1.0, "test_top1": 5.0}])
-    assert not _plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
+    assert not plot_diagnostics([Cell("ce", [bare])], "t", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
     # the table holds each logged column's last value (mean over seeds), a dash where a cell does not log it
     other = Run(summary=RunSummary(seed=1), rows=[{"epoch": 1.0, "train_loss_ce": 1.0, "train_loss_kd": 2.0}])
@@ -420,3 +447,65 @@ def test_compare_csv_leaves_out_self_supervised_rows(tmp_path) -> None:
     path.write_text(header + "d,m,ce,0,40.0,top1\nd,m,dino [optim.lr=0.015],0,1.0,top1\nd,m,kd,0,42.5,top1\n")
     results = load_results(path)
     assert [(r.label, r.value) for r in results] == [("ce", 40.0), ("kd", 42.5)]
+
+
+def test_sections_are_registered_in_order_and_test_only_ones_stay_out_of_a_validation_report():
+    from selfdistill.bench.report.sections import section, sections
+
+    names = [s.name for s in sections("test")]
+    assert names == ["table", "cost", "machines", "training fit", "teachers", "other models", "generations",
+                     "self-supervised", "per class", "curves", "reliability", "diagnostics"]
+    assert [s.name for s in sections("val")] == ["table", "cost", "machines", "training fit", "curves", "diagnostics"]
+    with pytest.raises(ValueError, match="registered twice"):
+        section("generations", 1)(lambda group: [])
+
+
+def test_cost_figure_places_methods_at_their_step_time_and_ce_at_k_times_the_epochs(tmp_path):
+    """CE runs with 2× and 4× the group's epochs are the reference points at cost 2 and 4; a method's cost is its
+    measured step time ×ce, or its declared passes per step where no CE run shares its machine."""
+    from selfdistill.bench.report.cost import cost_figure
+
+    def run(name, method, seed, epochs, seconds, top1, val, machine="A", passes=1.0):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        cfg = {"method": {"name": method}, "data": {"name": "x", "batch_size": 8}, "model": {"name": "m"},
+               "seed": seed, "train": {"epochs": epochs}}
+        (d / "summary.json").write_text(json.dumps({
+            "config": cfg, "seed": seed, "epochs": epochs, "metrics": ["top1", "nll", "ece"],
+            "last": {"test_top1": top1, "test_nll": 1.0, "test_ece": 5.0}, "seconds_per_epoch": seconds,
+            "images_per_s": 100.0, "steps_per_epoch": 10, "passes_per_step": passes,
+            "env": {"device_name": machine, "platform": "p"}}))
+        rows = f"1,40,{val - 1},{top1 - 1}\n2,60,{val},{top1}\n"
+        (d / "metrics.csv").write_text("epoch,train_top1,val_top1,test_top1\n" + rows)
+
+    run("ce_s0", "ce", 0, 10, 10.0, 50.0, 48.0)
+    run("ce_s1", "ce", 1, 10, 10.0, 52.0, 50.0)
+    run("ips_s0", "ips", 0, 10, 20.0, 55.0, 53.0, passes=2.0)
+    run("ips_s1", "ips", 1, 10, 20.0, 57.0, 55.0, passes=2.0)
+    run("kd_s0", "kd", 0, 10, 99.0, 54.0, 52.0, machine="B")  # no CE run on B: its declared passes per step
+    run("ce_e20_s0", "ce", 0, 20, 10.0, 54.0, 52.0)
+    run("ce_e20_s1", "ce", 1, 20, 10.0, 56.0, 54.0)
+    run("ce_e40_s0", "ce", 0, 40, 10.0, 58.0, 56.0)
+    cells: dict[str, Cell] = {}
+    for r in load_runs(tmp_path / "runs"):
+        cells.setdefault(r.label, Cell(r.label)).runs.append(r)
+    figure = cost_figure(list(cells.values()), "ce")
+    assert (figure.baseline.label, figure.baseline.cost, figure.baseline.mean) == ("ce", 1.0, 51.0)
+    assert [(p.label, p.cost, p.mean) for p in figure.references] == [("ce [train.epochs=20]", 2.0, 55.0),
+                                                                      ("ce [train.epochs=40]", 4.0, 58.0)]
+    methods = {p.label: p for p in figure.methods}
+    assert set(methods) == {"ips", "kd"}
+    assert methods["ips"].cost == pytest.approx(2.0) and methods["ips"].measured and methods["ips"].mean == 56.0
+    assert methods["kd"].cost == 1.0 and not methods["kd"].measured
+    assert cost_figure([cells["ips"]], "ce") is None  # no baseline in the group: no figure
+    assert cost_figure([cells["ce"]], "ce") is None  # nothing beside the baseline: no figure
+    val = cost_figure(list(cells.values()), "ce", split="val")
+    assert val.baseline.mean == 49.0 and [p.mean for p in val.references] == [53.0, 56.0]
+
+    for split, metric in (("test", "test top-1"), ("val", "val top-1")):
+        text = write_report(tmp_path / "runs", tmp_path / split, split=split).read_text()
+        assert (tmp_path / split / "cost_x_m.png").stat().st_size > 0
+        lines = text.splitlines()
+        figure_line = lines.index(f"![{metric} against training cost](cost_x_m.png)")
+        assert lines[figure_line - 2].startswith("| `kd` |")  # under the main table
+        assert "`ce` trained for k× the epochs" in lines[figure_line + 2] and "Hollow markers" in lines[figure_line + 2]

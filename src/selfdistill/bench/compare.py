@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..methods import METHODS
-from .report import fmt, fmt_gain, load_runs, mean_std
+from .report.runs import load_runs
+from .report.stats import fmt, fmt_gain, mean_std
 
 
 @dataclass(frozen=True)
