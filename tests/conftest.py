@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,23 @@ def cifar10_root() -> Path:
     if not (CIFAR10 / "train").is_dir():
         pytest.fail(f"the real CIFAR-10 ImageFolder copy is expected at {CIFAR10}")
     return CIFAR10
+
+
+def doc_blocks(doc: Path, lang: str) -> list[str]:
+    """The fenced code blocks of ``lang`` in a markdown file, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", doc.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def cli_shim(folder: Path) -> dict[str, str]:
+    """An environment whose ``selfdistill`` command runs this checkout as an installed console script would (the
+    script's folder, not the working directory, first on ``sys.path``), with this checkout's ``src`` on
+    ``PYTHONPATH``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "selfdistill"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom selfdistill.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
 
 
 def synthetic_config(tmp_path: Path, **sections) -> dict:

@@ -15,6 +15,7 @@ from .data import DataError
 from .engine import CheckpointError, RunSummary
 from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method, method_reference
+from .plugins import PluginError, import_plugins
 from .registry import UnknownNameError
 from .run import NonFiniteLossError, RunExistsError, evaluate, train
 from .tasks import get_task, list_tasks
@@ -34,11 +35,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set optim.lr=0.05 --set data.root=/data (YAML values)")
 
 
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers methods, models, datasets or tasks (a name on PYTHONPATH "
+                        "or a .py path; repeatable; added to the run config's 'plugins')")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    summary = train(args.config, overrides, resume=args.resume)
+    summary = train(args.config, overrides, resume=args.resume, plugins=args.plugins)
     _print_summary(summary)
     return 0
 
@@ -107,7 +114,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import load_grid, run_grid
 
-    grid = load_grid(args.config, args.out)
+    grid = load_grid(args.config, args.out, plugins=args.plugins)
     if args.dry_run:
         for run in grid.runs:
             print(f"{run.status:8s} {run.run_dir}")
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="parent folder of the run directory (default: the config's 'out', runs/)")
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     _add_config_args(t)
+    _add_plugin_arg(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
@@ -196,11 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "val", "train"], default="test")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA copy of the model")
     _add_config_args(e)
+    _add_plugin_arg(e)
     e.set_defaults(func=_cmd_eval)
 
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks or config keys")
     ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "config"])
     ls.add_argument("--verbose", "-v", action="store_true", help="show each method's options and requirements")
+    _add_plugin_arg(ls)
     ls.set_defaults(func=_cmd_list)
 
     b = sub.add_parser("bench", help="run a grid of configs (methods × models × seeds × ...), resumable")
@@ -208,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output tree (default: the grid's 'out', relative to the grid file)")
     b.add_argument("--jobs", type=int, default=1, help="runs at once; torch threads are split between them")
     b.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    _add_plugin_arg(b)
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="tables (markdown, CSV) and plots from a tree of runs")
@@ -235,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError,
+               PluginError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     (no barrier: the other ranks may never reach it), so its exit is not buried under gloo's abort."""
     args = build_parser().parse_args(argv)
     try:
+        import_plugins(getattr(args, "plugins", []))
         code = args.func(args)
         close_distributed()
         return code

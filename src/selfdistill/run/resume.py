@@ -9,8 +9,9 @@ from typing import Any
 from ..config import ConfigError, RunConfig, from_dict, parse_config, to_dict
 
 # keys that may differ between a run's saved config and the one it is resumed with
-RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
-                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
+RESUMABLE_CHANGES = ("plugins", "train.epochs", "train.progress", "train.log_every", "train.tensorboard",
+                     "train.threads", "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers",
+                     "data.download", "out")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
