@@ -1,4 +1,4 @@
-"""The ``selfdistill`` command: train, eval, list, demo."""
+"""The ``selfdistill`` command: train, eval, export, predict, bench, report, list, demo."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method, method_reference
 from .plugins import PluginError, import_plugins
 from .registry import UnknownNameError
-from .run import NonFiniteLossError, RunExistsError, evaluate, train
+from .run import NonFiniteLossError, RunExistsError, evaluate, export_model, image_files, load_model, predict, train
+from .run.resolve import resolve_device
 from .tasks import get_task, list_tasks
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
@@ -63,6 +64,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.checkpoint, args.overrides, split=args.split, ema=args.ema)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    record = export_model(args.checkpoint, args.out, ema=args.ema)
+    print(f"model written to {args.out}, its record to {record}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    model = load_model(args.model, resolve_device(args.device))
+    rows = predict(model, image_files(args.images), args.topk, args.batch_size)
+    if not args.csv:
+        for path, top in rows:
+            print(f"{path}\t" + "\t".join(f"{c} {p:.4f}" for c, p in top))
+        return 0
+    with open(args.csv, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        k = min(args.topk, model.record["num_classes"])
+        writer.writerow(["image", *(f"{key}_{i}" for i in range(1, k + 1) for key in ("class", "prob"))])
+        for path, top in rows:
+            writer.writerow([str(path), *(v for c, p in top for v in (c, f"{p:.6f}"))])
+    print(f"predictions written to {args.csv}")
     return 0
 
 
@@ -206,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     _add_plugin_arg(e)
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="write a run's inference model as safetensors, with a JSON record beside it")
+    x.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    x.add_argument("--ema", action="store_true", help="export the EMA copy of the model")
+    x.add_argument("--out", required=True, help="the weights file to write (e.g. model.safetensors); the record "
+                                                 "goes beside it (model.json)")
+    _add_plugin_arg(x)
+    x.set_defaults(func=_cmd_export)
+
+    pr = sub.add_parser("predict", help="top-k classes of images under an exported classification model")
+    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    pr.add_argument("--model", required=True, help="an exported model (selfdistill export)")
+    pr.add_argument("--topk", type=int, default=5, help="classes to show per image")
+    pr.add_argument("--csv", help="write the predictions to this CSV file instead of printing them")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    _add_plugin_arg(pr)
+    pr.set_defaults(func=_cmd_predict)
 
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks or config keys")
     ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "config"])
