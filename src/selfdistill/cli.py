@@ -20,6 +20,7 @@ from .registry import UnknownNameError
 from .run import NonFiniteLossError, RunExistsError, evaluate, export_model, image_files, load_model, predict, train
 from .run.resolve import resolve_device
 from .tasks import get_task, list_tasks
+from .version import __version__
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
 DEMO_CONFIG: dict[str, Any] = {
@@ -215,6 +216,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="selfdistill", description="Self-distillation for computer vision.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one run from a YAML config")
