@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, synthetic_config
+from conftest import REPO, cli_shim, doc_blocks, synthetic_config
 from selfdistill import evaluate, export_model, load_model, train
 from selfdistill.cli import main
 from selfdistill.data.samplers import eval_ranges
@@ -155,3 +157,25 @@ def test_load_model_names_what_is_missing(tmp_path):
     with pytest.raises(CheckpointError, match=r"model.safetensors not found"):
         load_model(tmp_path / "model.safetensors")
     assert main(["export", "--checkpoint", str(tmp_path / "last.pt"), "--out", str(tmp_path / "m.json")]) == 2
+
+
+def test_the_documented_example_runs(tmp_path):
+    doc = REPO / "docs" / "export.md"
+    (tmp_path / "example.py").write_text(doc_blocks(doc, "python")[0])
+    env = cli_shim(tmp_path / "bin")
+    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'] [8, 8]" in out.stdout
+    export, show, write = doc_blocks(doc, "bash")[-1].strip().splitlines()
+    for command in (export, write):
+        assert subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env).returncode == 0
+    shown = subprocess.run(["bash", "-c", show], cwd=tmp_path, env=env, capture_output=True, text=True)
+    lines = shown.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [f"my_images/{i}.png" for i in range(8)]
+    with (tmp_path / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    printed = [line.split("\t")[1].split(" ") for line in lines]  # the top class and its probability, 4 decimals
+    assert [r["image"] for r in rows] == [line.split("\t")[0] for line in lines]
+    assert [r["class_1"] for r in rows] == [c for c, _ in printed]
+    assert [float(r["prob_1"]) for r in rows] == pytest.approx([float(p) for _, p in printed], abs=5e-5)
+    assert json.loads((tmp_path / "export" / "model.json").read_text())["source"]["epoch"] == 2
