@@ -17,8 +17,17 @@ from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method, method_reference
 from .plugins import PluginError, import_plugins
 from .registry import UnknownNameError
-from .run import NonFiniteLossError, RunExistsError, evaluate, export_model, image_files, load_model, predict, train
-from .run.resolve import resolve_device
+from .run import (
+    NonFiniteLossError,
+    RunExistsError,
+    evaluate,
+    export_model,
+    image_files,
+    load_model,
+    predict,
+    resolve_device,
+    train,
+)
 from .tasks import get_task, list_tasks
 from .version import __version__
 
