@@ -6,6 +6,8 @@ one is skipped, naming the folder, unless ``SELFDISTILL_REQUIRE_SHARED=1`` makes
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,23 @@ def camvid_root() -> Path:
 def pennfudan_root() -> Path:
     """The real Penn-Fudan pedestrians (detection)."""
     return shared_dataset("pennfudan", "PNGImages")
+
+
+def doc_blocks(doc: Path, lang: str) -> list[str]:
+    """The fenced code blocks of ``lang`` in a markdown file, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", doc.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def cli_shim(folder: Path) -> dict[str, str]:
+    """An environment whose ``selfdistill`` command runs this checkout as an installed console script would (the
+    script's folder, not the working directory, first on ``sys.path``), with this checkout's ``src`` on
+    ``PYTHONPATH``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "selfdistill"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom selfdistill.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
 
 
 def synthetic_config(tmp_path: Path, **sections) -> dict:

@@ -21,9 +21,17 @@ def test_list_commands(capsys):
 
 
 def test_help_everywhere():
-    for args in ([], ["train"], ["eval"], ["list"], ["demo"]):
+    for args in ([], ["train"], ["eval"], ["export"], ["predict"], ["list"], ["demo"]):
         out = subprocess.run([sys.executable, "-m", "selfdistill", *args, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: selfdistill" in out.stdout
+
+
+def test_version_is_the_package_version(capsys):
+    from selfdistill import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"selfdistill {__version__}\n"
 
 
 def test_train_eval_and_user_errors(tmp_path, capsys):

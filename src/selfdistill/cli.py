@@ -1,4 +1,4 @@
-"""The ``selfdistill`` command: train, eval, list, demo."""
+"""The ``selfdistill`` command: train, eval, export, predict, bench, report, list, demo."""
 
 from __future__ import annotations
 
@@ -15,9 +15,21 @@ from .data import DataError
 from .engine import CheckpointError, RunSummary
 from .engine.distributed import close_distributed, is_main_process
 from .methods import describe_method, method_reference
+from .plugins import PluginError, import_plugins
 from .registry import UnknownNameError
-from .run import NonFiniteLossError, RunExistsError, evaluate, train
+from .run import (
+    NonFiniteLossError,
+    RunExistsError,
+    evaluate,
+    export_model,
+    image_files,
+    load_model,
+    predict,
+    resolve_device,
+    train,
+)
 from .tasks import get_task, list_tasks
+from .version import __version__
 
 DEMO_METHODS: list[dict[str, Any]] = [{"name": "ce"}, {"name": "ips"}]
 DEMO_CONFIG: dict[str, Any] = {
@@ -34,11 +46,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set optim.lr=0.05 --set data.root=/data (YAML values)")
 
 
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers methods, models, datasets or tasks (a name on PYTHONPATH "
+                        "or a .py path; repeatable; added to the run config's 'plugins')")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    summary = train(args.config, overrides, resume=args.resume)
+    summary = train(args.config, overrides, resume=args.resume, plugins=args.plugins)
     _print_summary(summary)
     return 0
 
@@ -56,6 +74,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.checkpoint, args.overrides, split=args.split, ema=args.ema)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    record = export_model(args.checkpoint, args.out, ema=args.ema)
+    print(f"model written to {args.out}, its record to {record}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    model = load_model(args.model, resolve_device(args.device))
+    rows = predict(model, image_files(args.images), args.topk, args.batch_size)
+    if not args.csv:
+        for path, top in rows:
+            print(f"{path}\t" + "\t".join(f"{c} {p:.4f}" for c, p in top))
+        return 0
+    with open(args.csv, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        k = min(args.topk, model.record["num_classes"])
+        writer.writerow(["image", *(f"{key}_{i}" for i in range(1, k + 1) for key in ("class", "prob"))])
+        for path, top in rows:
+            writer.writerow([str(path), *(v for c, p in top for v in (c, f"{p:.6f}"))])
+    print(f"predictions written to {args.csv}")
     return 0
 
 
@@ -107,7 +150,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import load_grid, run_grid
 
-    grid = load_grid(args.config, args.out)
+    grid = load_grid(args.config, args.out, plugins=args.plugins)
     if args.dry_run:
         for run in grid.runs:
             print(f"{run.status:8s} {run.run_dir}")
@@ -182,6 +225,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="selfdistill", description="Self-distillation for computer vision.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one run from a YAML config")
@@ -189,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="parent folder of the run directory (default: the config's 'out', runs/)")
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     _add_config_args(t)
+    _add_plugin_arg(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
@@ -196,11 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "val", "train"], default="test")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA copy of the model")
     _add_config_args(e)
+    _add_plugin_arg(e)
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="write a run's inference model as safetensors, with a JSON record beside it")
+    x.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    x.add_argument("--ema", action="store_true", help="export the EMA copy of the model")
+    x.add_argument("--out", required=True, help="the weights file to write (e.g. model.safetensors); the record "
+                                                 "goes beside it (model.json)")
+    _add_plugin_arg(x)
+    x.set_defaults(func=_cmd_export)
+
+    pr = sub.add_parser("predict", help="top-k classes of images under an exported classification model")
+    pr.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    pr.add_argument("--model", required=True, help="an exported model (selfdistill export)")
+    pr.add_argument("--topk", type=int, default=5, help="classes to show per image")
+    pr.add_argument("--csv", help="write the predictions to this CSV file instead of printing them")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    _add_plugin_arg(pr)
+    pr.set_defaults(func=_cmd_predict)
 
     ls = sub.add_parser("list", help="list methods, models, datasets, tasks or config keys")
     ls.add_argument("what", choices=["methods", "models", "datasets", "tasks", "config"])
     ls.add_argument("--verbose", "-v", action="store_true", help="show each method's options and requirements")
+    _add_plugin_arg(ls)
     ls.set_defaults(func=_cmd_list)
 
     b = sub.add_parser("bench", help="run a grid of configs (methods × models × seeds × ...), resumable")
@@ -208,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output tree (default: the grid's 'out', relative to the grid file)")
     b.add_argument("--jobs", type=int, default=1, help="runs at once; torch threads are split between them")
     b.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
+    _add_plugin_arg(b)
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="tables (markdown, CSV) and plots from a tree of runs")
@@ -235,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExistsError, NonFiniteLossError,
+               PluginError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     (no barrier: the other ranks may never reach it), so its exit is not buried under gloo's abort."""
     args = build_parser().parse_args(argv)
     try:
+        import_plugins(getattr(args, "plugins", []))
         code = args.func(args)
         close_distributed()
         return code

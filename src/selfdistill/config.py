@@ -267,6 +267,11 @@ class RunConfig:
     task: str = limited("classification", nonempty=True)
     """What the run trains (``selfdistill list tasks``): ``classification``, ``segmentation``, ``detection``.
     Methods are per task, and a task may own a section of settings named after it (e.g. ``segmentation:``)."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules imported before the rest of the config is read, for the methods, models, datasets or tasks they
+    register: module names on ``PYTHONPATH`` (``my_pkg.my_methods``) or ``.py`` file paths (relative to the working
+    directory). ``--plugin MODULE`` adds to the list; installed packages' ``selfdistill.plugins`` entry points are
+    imported as well (docs/plugins.md)."""
     seed: int = limited(0, low=0)
     """Seed of initialisation, data order and augmentation."""
     name: str | None = limited(None, nonempty=True)

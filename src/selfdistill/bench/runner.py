@@ -97,8 +97,9 @@ def _slug(text: str) -> str:
     return "".join(keep).strip("-").replace("--", "-")
 
 
-def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
-    """Read a grid file and expand it into validated run specs."""
+def load_grid(path: str | Path, out: str | Path | None = None, plugins: list[str] | None = None) -> Grid:
+    """Read a grid file and expand it into validated run specs; ``plugins`` are added to every run's config (its
+    training process imports them)."""
     path = Path(path)
     spec = load_yaml(path)
     unknown = set(spec) - {"base", "config", "out", "grid"}
@@ -115,21 +116,22 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     out_dir = Path(out) if out is not None else path.parent / spec.get("out", "runs")
     runs = []
     for axes in grids:
-        runs += _expand(base, axes, out_dir)
+        runs += _expand(base, axes, out_dir, plugins)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: grid points map to the same run name; vary keys that appear in the name")
     return Grid(out_dir, runs)
 
 
-def _expand(base: dict[str, Any], axes: dict[str, list[Any]], out_dir: Path) -> list[RunSpec]:
+def _expand(base: dict[str, Any], axes: dict[str, list[Any]], out_dir: Path,
+            plugins: list[str] | None = None) -> list[RunSpec]:
     """The validated runs of one cartesian product."""
     runs = []
     for values in itertools.product(*axes.values()):
         cfg = copy.deepcopy(base)
         for key, value in zip(axes, values, strict=True):
             set_by_path(cfg, key, copy.deepcopy(value))
-        resolved = resolve_config(cfg)  # validates every point before anything runs
+        resolved = resolve_config(cfg, plugins=plugins)  # validates every point before anything runs
         parts = [_slug(method_label(resolved.method, resolved.task)), _slug(resolved.model.name)]
         parts += [_slug(f"{k.split('.')[-1]}={v}") for k, v in zip(axes, values, strict=True)
                   if k not in ("method", "model.name", "seed") and not k.startswith("method.")]

@@ -3,12 +3,12 @@
 from ..batch import Batch, DataRequirements
 from .loader import DataModule, TrainLoader
 from .samplers import IndexBatch, PairSampler, ShuffleSampler
-from .sources import DATASETS, DataError, RawData, Split, list_datasets
+from .sources import DATASETS, DataError, RawData, Split, list_datasets, register_dataset
 from .splits import make_splits
 from .transforms import crop_flip, normalize, sample_crop_flip
 
 __all__ = [
     "DATASETS", "Batch", "DataError", "DataModule", "DataRequirements", "IndexBatch", "PairSampler", "RawData",
     "ShuffleSampler", "Split", "TrainLoader", "crop_flip", "list_datasets", "make_splits", "normalize",
-    "sample_crop_flip",
+    "register_dataset", "sample_crop_flip",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ class RawData:
 
 
 DATASETS: Registry = Registry("dataset")
+
+
+def register_dataset(name: str) -> Callable[[Callable[[DataConfig], RawData]], Callable[[DataConfig], RawData]]:
+    """Decorator: register a classification source ``(DataConfig) -> RawData`` as ``data.name``."""
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:

@@ -8,9 +8,9 @@ from torch import nn
 
 from . import mobilenetv2, resnet_3stage, resnet_4stage, shufflenet, vgg, wrn  # noqa: F401  (registration)
 from .features import FeatureTaps, feature_names
-from .registry import MODELS
+from .registry import MODELS, register_model
 
-__all__ = ["MODELS", "FeatureTaps", "build_model", "feature_names", "is_model", "list_models"]
+__all__ = ["MODELS", "FeatureTaps", "build_model", "feature_names", "is_model", "list_models", "register_model"]
 
 
 def list_models(external: bool = False) -> list[str]:

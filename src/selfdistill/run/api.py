@@ -17,13 +17,15 @@ from .trainer import Trainer
 
 
 def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
-          resume: bool = False, log: Callable[[str], None] | None = None) -> RunSummary:
-    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary.
+          resume: bool = False, log: Callable[[str], None] | None = None,
+          plugins: list[str] | None = None) -> RunSummary:
+    """Train one run from a config (path, dict or :class:`RunConfig`) and return its summary; ``plugins`` are
+    added to the config's ``plugins`` (imported first, and recorded with the run).
 
     A method made of sequential stages (born-again generations) runs each stage as its own run directory inside
     the run's; finished stages are skipped on ``resume`` and the interrupted one continues where it stopped.
     """
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, overrides, plugins)
     method_cls, opts = get_task(cfg.task).method_options(cfg.method)
     stages = method_cls.stages(opts, cfg)
     if not stages:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, RunConfig, parse_config
 from ..engine.checkpoint import CheckpointError, load_run_checkpoint
 from ..engine.distributed import DistInfo, init_distributed
+from ..plugins import import_plugins
 from ..tasks import Evaluator, Task, get_task
 from .resolve import resolve_config, resolve_device
 
@@ -46,6 +47,7 @@ def load_run_model(checkpoint: str | Path | dict[str, Any], device: torch.device
     """Rebuild a run's model from its checkpoint (a path or a loaded checkpoint), frozen: eval mode, no gradients."""
     ck = checkpoint if isinstance(checkpoint, dict) else load_run_checkpoint(checkpoint, device)
     cfg = parse_config(ck["config"])
+    import_plugins(cfg.plugins)  # the run's model may be a plug-in's
     cfg.model.init_backbone = None  # the weights come next
     model = get_task(cfg.task).build_model(cfg, len(ck["classes"]), ck["in_chans"])
     weights = ck["ema"] if ema else ck["model"]

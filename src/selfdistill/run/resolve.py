@@ -11,15 +11,19 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, RunConfig, config_data, parse_config
+from ..plugins import import_plugins
 from ..registry import UnknownNameError
 from ..tasks import get_task
 
 
 def resolve_config(source: RunConfig | dict[str, Any] | str | Path | None = None,
-                   overrides: list[str] | None = None) -> RunConfig:
+                   overrides: list[str] | None = None, plugins: list[str] | None = None) -> RunConfig:
     """Turn a YAML path, a dict or a :class:`RunConfig` plus ``key=value`` overrides into a validated config: every
-    key and type, the method's options (its preset applied) and the task's section (its defaults filled in)."""
+    key and type, then the plug-ins imported (the config's ``plugins`` followed by ``plugins``, kept in the config),
+    the method's options (its preset applied) and the task's section (its defaults filled in)."""
     cfg = parse_config(config_data(source, overrides))
+    cfg.plugins = list(dict.fromkeys([*cfg.plugins, *(plugins or [])]))
+    import_plugins(cfg.plugins)
     try:
         task = get_task(cfg.task)
     except UnknownNameError as e:

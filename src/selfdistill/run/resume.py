@@ -13,9 +13,9 @@ from ..tasks import get_task
 CHECKPOINT = "last.pt"
 
 # keys that may differ between a run's saved config and the one it is resumed with
-RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
-                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out",
-                     "name")
+RESUMABLE_CHANGES = ("plugins", "train.epochs", "train.progress", "train.log_every", "train.tensorboard",
+                     "train.threads", "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers",
+                     "data.download", "out", "name")
 
 
 class RunExistsError(FileExistsError):

@@ -28,6 +28,16 @@ from .resume import CHECKPOINT, check_resume_config, check_run_dir
 COUNTERS = ("n", "correct", "steps", "gradnorm_steps")  # epoch accumulators that are not logged as means
 
 
+def eval_input(data: Any) -> dict[str, Any]:
+    """What an exported model needs to read image files as evaluation does: ``input_size``, the ``[H, W]`` of the
+    test images, and ``streamed``, whether they are read from files (resized and centre-cropped) rather than held
+    decoded in memory."""
+    images = getattr(data.test, "images", None)
+    if images is not None:
+        return {"input_size": list(images.shape[-2:]), "streamed": False}
+    return {"input_size": [data.image_size] * 2, "streamed": True}
+
+
 class Trainer:
     """Trains ``cfg`` into ``cfg.out/<run name>``; :meth:`fit` returns the run summary."""
 
@@ -104,7 +114,7 @@ class Trainer:
                      rng=rng_state(), history=self.history, reliability=self.reliability,
                      epoch_acc={k: v.detach().cpu() for k, v in acc.items()}, train_time=train_time,
                      classes=self.data.classes, in_chans=self.data.in_chans, mean=self.data.mean.tolist(),
-                     std=self.data.std.tolist())
+                     std=self.data.std.tolist(), **eval_input(self.data))
         save_checkpoint(state, self.run_dir / CHECKPOINT)
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor]]:

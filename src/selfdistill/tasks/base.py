@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, RunConfig, from_dict
+from ..data.transforms import normalize
 from ..engine.distributed import DistInfo
 from ..methods.base import Method, method_options, validate_method_options
 from ..registry import Registry, UnknownNameError, did_you_mean
@@ -33,6 +34,28 @@ class Evaluator(Protocol):
 
     def reliability(self) -> dict[str, list[float]] | None:
         """Reliability-diagram bins, where the task has them."""
+
+
+class Normalized(nn.Module):
+    """A trained network behind the normalisation its evaluation applied: it takes images as they are read, uint8
+    in 0..255 (``selfdistill predict``'s form, normalised with evaluation's own arithmetic, so the outputs equal
+    ``selfdistill eval``'s) or float in 0..1, ``(N, C, H, W)``, and returns the network's outputs."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``x`` normalised as evaluation's batches are, in the contiguous memory format they have (convolutions
+        in another layout round differently)."""
+        if x.dtype == torch.uint8:
+            return normalize(x, self.mean, self.std).contiguous()
+        return ((x.float() - self.mean[:, None, None]) / self.std[:, None, None]).contiguous()
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(self.normalize(x))
 
 
 class Task:
@@ -94,6 +117,10 @@ class Task:
             raise ConfigError(f"model.name: unknown {self.name} model '{cfg.model.name}'."
                               f"{did_you_mean(cfg.model.name, self.model_names())} Run `selfdistill list models` to "
                               "see them.")
+
+    def inference_model(self, net: nn.Module, mean: list[float], std: list[float]) -> nn.Module:
+        """``net`` taking images as they are read (:class:`Normalized`): what an exported model loads as."""
+        return Normalized(net, mean, std)
 
     def evaluator(self, data: Any, device: torch.device) -> Evaluator:
         """An empty evaluator for ``data``'s splits."""

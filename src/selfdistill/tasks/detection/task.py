@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from ...config import RunConfig
+from ...data.sources import valid_mask
 from ...engine.distributed import DistInfo
-from ..base import Task, register_task
+from ..base import Normalized, Task, register_task
 from .config import DetectionConfig
 from .data import DET_DATASETS, DetDataModule
 from .methods import DET_METHODS
@@ -91,6 +92,19 @@ class CocoEvaluator:
         return None
 
 
+class NormalizedDetector(Normalized):
+    """A detector taking uint8 canvases as evaluation reads them (each image resized so that its longer side is the
+    canvas side, top-left on a zero canvas) and each image's ``(h, w)`` on its canvas, ``sizes`` ``(N, 2)``: the
+    padding outside is zero after normalisation, as in evaluation (without ``sizes`` the whole canvas is image).
+    Returns torchvision's detections per image, boxes in canvas pixels, labels 1..K."""
+
+    def forward(self, x: Tensor, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+        x = self.normalize(x)
+        if sizes is not None:
+            x = x * valid_mask(sizes, x.shape[-2], x.shape[-1], x.device)
+        return self.net(x)
+
+
 @register_task("detection")
 class DetectionTask(Task):
     """Object detection."""
@@ -117,6 +131,9 @@ class DetectionTask(Task):
 
     def dataset_names(self) -> list[str]:
         return list(DET_DATASETS)
+
+    def inference_model(self, net: nn.Module, mean: list[float], std: list[float]) -> NormalizedDetector:
+        return NormalizedDetector(net, mean, std)
 
     def evaluator(self, data: Any, device: torch.device) -> CocoEvaluator:
         return CocoEvaluator(data.classes)
