@@ -5,10 +5,10 @@ from .data import list_datasets
 from .engine import RunSummary
 from .methods import list_methods
 from .models import build_model, list_models
-from .run import evaluate, resolve_config, train
+from .run import TrainingStopped, evaluate, resolve_config, train
 from .version import __version__
 
 __all__ = [
-    "ConfigError", "RunConfig", "RunSummary", "__version__", "build_model", "evaluate", "list_datasets",
-    "list_methods", "list_models", "resolve_config", "train",
+    "ConfigError", "RunConfig", "RunSummary", "TrainingStopped", "__version__", "build_model", "evaluate",
+    "list_datasets", "list_methods", "list_models", "resolve_config", "train",
 ]

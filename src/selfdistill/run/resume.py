@@ -10,7 +10,8 @@ from ..config import ConfigError, RunConfig, from_dict, parse_config, to_dict
 
 # keys that may differ between a run's saved config and the one it is resumed with
 RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.log_every", "train.tensorboard", "train.threads",
-                     "train.grad_norm_every", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out")
+                     "train.grad_norm_every", "train.stop_signals", "data.root", "data.cache_dir", "data.num_workers",
+                     "data.download", "out")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

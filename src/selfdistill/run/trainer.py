@@ -18,6 +18,7 @@ from ..engine.checkpoint import load_run_checkpoint, rng_state, save_checkpoint,
 from ..engine.distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm, unwrap, wrap_ddp
 from ..engine.logging import TensorBoardLog, format_epoch, progress_bar, write_csv
 from ..engine.optim import ModelEMA, build_optimizer, build_scheduler, non_finite_error, term_grad_norms
+from ..engine.preemption import StopSignals, TrainingStopped, signal_name
 from ..engine.summary import RunSummary, metric_results, run_environment
 from ..methods import MethodContext
 from ..tasks import get_task
@@ -153,7 +154,12 @@ class Trainer:
         return out
 
     def fit(self) -> RunSummary:
-        """Train (or resume) to ``train.epochs`` and write the summary."""
+        """Train (or resume) to ``train.epochs`` and write the summary. A signal of ``train.stop_signals`` ends
+        training after the step in progress, with a checkpoint and :class:`TrainingStopped`."""
+        with StopSignals(self.cfg.train.stop_signals) as self.stop:
+            return self._fit()
+
+    def _fit(self) -> RunSummary:
         self._setup()
         cfg, ckpt_path = self.cfg, self.run_dir / CHECKPOINT
         start_epoch, start_step, acc, epoch_time = 1, 0, {}, 0.0
@@ -208,10 +214,18 @@ class Trainer:
                                 acc=f"{100 * float(acc['correct'] / acc['n']):.1f}%",
                                 img_s=f"{float(acc['images']) * self.dist.world / (time.perf_counter() - t0):.0f}")
             bar.update(1)
-            if cfg.train.checkpoint_every_steps and self.global_step % cfg.train.checkpoint_every_steps == 0 \
-                    and step + 1 < self.steps_per_epoch:
-                # mid-epoch: ``epoch`` is in progress and ``step + 1`` is the next step to run
+            signum = self.stop.agreed(self.dist, self.device)
+            every = cfg.train.checkpoint_every_steps
+            if signum or (every and self.global_step % every == 0 and step + 1 < self.steps_per_epoch):
+                # mid-epoch: ``epoch`` is in progress and ``step + 1`` is the next step to run (a stop after the
+                # epoch's last step saves the epoch with every step done: the resumed run evaluates it)
                 self._save(epoch, step + 1, acc, time.perf_counter() - t0)
+            if signum:
+                bar.close()
+                msg = (f"stopped by signal {signal_name(signum)} at epoch {epoch} step {step + 1}; continue with "
+                       "--resume")
+                self.log(msg)
+                raise TrainingStopped(msg, signum)
         bar.close()
         train_s = time.perf_counter() - t0
         self.train_time += train_s
