@@ -180,7 +180,7 @@ class _Children:
 
     def __init__(self) -> None:
         self.signum = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a second signal can interrupt the handler of the first
         self._running: set[subprocess.Popen] = set()
 
     def run(self, cmd: list[str], **kwargs: Any) -> int | None:

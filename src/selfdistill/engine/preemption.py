@@ -20,8 +20,8 @@ EXIT_STOPPED = 75
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped on a stop signal, its checkpoint written; ``signum`` is the signal. Continue with
-    ``resume=True`` (``--resume``)."""
+    """Training (a run, or the runs of a grid) stopped on a stop signal, its checkpoint written; ``signum`` is the
+    signal. Continue with ``resume=True`` (``--resume``; a grid: the same ``bench``)."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)

@@ -43,6 +43,7 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.dist = DistInfo()
         self._log = log if log is not None else (lambda msg: print(msg, flush=True))
+        self.stop = StopSignals(cfg.train.stop_signals)
 
     def log(self, msg: str) -> None:
         """Print on the main rank."""
@@ -156,7 +157,7 @@ class Trainer:
     def fit(self) -> RunSummary:
         """Train (or resume) to ``train.epochs`` and write the summary. A signal of ``train.stop_signals`` ends
         training after the step in progress, with a checkpoint and :class:`TrainingStopped`."""
-        with StopSignals(self.cfg.train.stop_signals) as self.stop:
+        with self.stop:
             return self._fit()
 
     def _fit(self) -> RunSummary:
