@@ -311,6 +311,42 @@ def test_killing_the_bench_stops_its_training_run(tmp_path):
         pytest.fail("the training run outlived its bench process")
 
 
+def test_a_stop_signal_to_the_bench_stops_its_run_resumably_and_the_next_bench_finishes_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from selfdistill.engine.checkpoint import load_checkpoint
+    from selfdistill.run import EXIT_STOPPED
+
+    grid = dict(GRID, grid={"method": [{"name": "ce"}], "seed": [0]})
+    grid["config"] = {**GRID["config"], "train": {**GRID["config"]["train"], "epochs": 500}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    bench = subprocess.Popen([sys.executable, "-m", "selfdistill", "bench", "--config", str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "runs" / "_logs" / "ce_resnet8_s0.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "epoch 1/" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "epoch 1/" in log.read_text()  # the run is training: its handlers are in place
+    bench.send_signal(signal.SIGTERM)  # to the bench alone
+    out, _ = bench.communicate(timeout=120)
+    assert bench.returncode == EXIT_STOPPED, out
+    assert "stopped ce_resnet8_s0: resumable" in out and "1 runs unfinished; run the same bench again" in out
+    assert f"stopped by signal {int(signal.SIGTERM)} (SIGTERM) at epoch" in log.read_text()
+    ck = load_checkpoint(tmp_path / "runs" / "ce_resnet8_s0" / "last.pt")
+    assert ck["step_in_epoch"] > 0 and load_grid(path).runs[0].status == "partial"
+    # the next bench (its grid ending with the stopped epoch: a resumed run may change its epochs) finishes it
+    grid["config"]["train"]["epochs"] = ck["epoch"]
+    path.write_text(yaml.safe_dump(grid))
+    assert run_grid(load_grid(path), log=lambda m: None) == []
+    assert load_grid(path).runs[0].status == "done"
+    assert f"resuming {tmp_path / 'runs' / 'ce_resnet8_s0'} at epoch {ck['epoch']}, step {ck['step_in_epoch']}" in (
+        log.read_text())
+
+
 def test_per_class_table_is_the_seed_mean_and_absent_for_one_class():
     def run(seed: int, per_class: dict[str, float]) -> Run:
         return Run(summary=RunSummary(seed=seed, last_per_class=per_class), rows=[])

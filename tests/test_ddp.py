@@ -13,8 +13,10 @@ of a ReLU's kink, where 1 and 2 processes can take different sides (a jump of ~1
 seen with 117 images for BYOT): the sizes here avoid it.
 """
 
+import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,14 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cfg: dict, path, nproc: int) -> None:
+def _run(cfg: dict, path, nproc: int, *args: str) -> None:
+    """``selfdistill train --config path *args`` on ``nproc`` processes; it must succeed."""
     save_yaml(cfg, path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "selfdistill", "train", "--config", str(path)]
+        cmd = [sys.executable, "-m", "selfdistill", "train", "--config", str(path), *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "-m", "selfdistill", "train", "--config", str(path)]
+               f"--master_port={_free_port()}", "-m", "selfdistill", "train", "--config", str(path), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
@@ -210,6 +213,66 @@ def test_checkpoint_resumes_on_another_world_size(tmp_path):
     for k, v in ref.items():
         if v.dtype.is_floating_point:
             torch.testing.assert_close(mixed[k], v, atol=2e-5, rtol=1e-4, msg=k)
+
+
+STOP_ON_RANK_1 = """
+import os, signal, sys
+from selfdistill.cli import main
+from selfdistill.methods.ce import CrossEntropy
+
+rank, calls = int(os.environ["RANK"]), []
+step = CrossEntropy.training_step
+
+
+def signalled(self, model, batch, epoch):
+    calls.append(epoch)
+    if rank == 1 and len(calls) == 6:  # rank 1 alone, during its 6th step: epoch 2, step 2
+        signal.raise_signal(signal.SIGUSR1)
+    return step(self, model, batch, epoch)
+
+
+CrossEntropy.training_step = signalled
+code = main(["train", "--config", sys.argv[1]])
+print(f"rank {rank}: exit {code} after {len(calls)} steps", flush=True)
+sys.exit(code)
+"""
+
+
+def test_a_stop_signal_to_one_rank_stops_both_after_the_same_step_and_the_run_resumes_exactly(tmp_path):
+    """Rank 1 alone gets SIGUSR1: both ranks stop after that step (they agree every step), rank 0 writes the
+    checkpoint, and the run resumed on two processes ends with the weights of an uninterrupted two-process run; its
+    logged epochs match too (the stopped epoch's training sums are kept over both ranks)."""
+
+    def cfg(name):
+        return synthetic_config(tmp_path, name=name, data={"synthetic_size": 128, "batch_size": 32},  # 4 steps/epoch
+                                train={"epochs": 2, "threads": 1})
+
+    _run(cfg("ref"), tmp_path / "ref.yaml", 2)
+    save_yaml(cfg("cut"), tmp_path / "cut.yaml")
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_ON_RANK_1)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", str(script), str(tmp_path / "cut.yaml")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0, log[-3000:]  # torchrun reports its workers' status 75 as a failure
+    assert "rank 0: exit 75 after 6 steps" in log and "rank 1: exit 75 after 6 steps" in log, log[-3000:]
+    assert log.count(f"stopped by signal {int(signal.SIGUSR1)} (SIGUSR1) at epoch 2 step 2; continue with "
+                     "--resume") == 1  # logged by rank 0
+    ck = load_checkpoint(tmp_path / "runs" / "cut" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (2, 2)
+
+    _run(cfg("cut"), tmp_path / "cut.yaml", 2, "--resume")
+    ref = load_checkpoint(tmp_path / "runs" / "ref" / "last.pt")["model"]
+    got = load_checkpoint(tmp_path / "runs" / "cut" / "last.pt")["model"]
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k
+    rows = {}
+    for name in ("ref", "cut"):
+        with (tmp_path / "runs" / name / "metrics.csv").open() as fh:
+            rows[name] = [{k: float(v) for k, v in r.items() if k not in ("train_time_s", "images_per_s")}
+                          for r in csv.DictReader(fh)]
+    assert rows["cut"] == [pytest.approx(r, rel=1e-12) for r in rows["ref"]]  # sums added in another order
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 import csv
 import json
 import math
+import signal
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -15,9 +17,10 @@ from selfdistill.engine import CheckpointError
 from selfdistill.engine import checkpoint as ckmod
 from selfdistill.engine.checkpoint import load_checkpoint
 from selfdistill.engine.optim import lr_factor
+from selfdistill.engine.preemption import StopSignals
 from selfdistill.methods import METHODS, Method, StepOutput, register_method
 from selfdistill.methods.ce import CrossEntropy
-from selfdistill.run import NonFiniteLossError, RunExistsError, Trainer, resolve_config
+from selfdistill.run import EXIT_STOPPED, NonFiniteLossError, RunExistsError, Trainer, TrainingStopped, resolve_config
 
 
 def _run_dir(cfg):
@@ -63,15 +66,19 @@ class _Interrupt(Exception):
     pass
 
 
-def _interrupt_after(monkeypatch, steps):
-    """Make the CE method raise after ``steps`` training steps (a simulated kill)."""
+def _kill():
+    raise _Interrupt  # a simulated kill: nothing after it runs
+
+
+def _on_step(monkeypatch, n, action):
+    """Make the CE method call ``action()`` at the start of its ``n``-th training step (counted from 1)."""
     calls = {"n": 0}
     original = CrossEntropy.training_step
 
     def step(self, model, batch, epoch):
         calls["n"] += 1
-        if calls["n"] > steps:
-            raise _Interrupt
+        if calls["n"] == n:
+            action()
         return original(self, model, batch, epoch)
 
     monkeypatch.setattr(CrossEntropy, "training_step", step)
@@ -88,7 +95,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, every_steps):
     cut = synthetic_config(tmp_path / "b", train={"epochs": 3, "checkpoint_every_steps": every_steps}, data=small,
                            model={"name": "wrn_16_1", "kwargs": {"drop": 0.3}}, name="resume")
     with monkeypatch.context() as m:
-        _interrupt_after(m, 9)  # 4 steps per epoch: dies inside epoch 3 (after a mid-epoch checkpoint if any)
+        _on_step(m, 10, _kill)  # 4 steps per epoch: dies inside epoch 3 (after a mid-epoch checkpoint if any)
         with pytest.raises(_Interrupt):
             train(cut)
     ck = load_checkpoint(f"{_run_dir(cut)}/last.pt")
@@ -104,6 +111,90 @@ def test_resume_is_exact(tmp_path, monkeypatch, every_steps):
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert s.epochs == 3
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the defaults of train.stop_signals
+
+
+@pytest.mark.parametrize("stop_step", [6, 8])
+def test_a_stop_signal_checkpoints_after_the_step_and_the_resumed_run_is_exact(tmp_path, monkeypatch, stop_step):
+    """SIGUSR1 during step 6 (epoch 2, step 2 of 4) or step 8 (the epoch's last: saved with every step done, the
+    resumed run evaluates it): training finishes the step, checkpoints, restores the signal handlers and raises;
+    resumed, it ends with the weights and logs of an uninterrupted run."""
+
+    def cfg(root):
+        return synthetic_config(root, train={"epochs": 3}, data={"synthetic_size": 128}, name="stop",
+                                model={"name": "wrn_16_1", "kwargs": {"drop": 0.3}})  # dropout: global RNG
+
+    train(cfg(tmp_path / "a"))
+    ref_model, ref_opt = _final_weights(cfg(tmp_path / "a"))
+    cut = cfg(tmp_path / "b")
+    before = [signal.getsignal(s) for s in STOP_SIGNALS]
+    with monkeypatch.context() as m:
+        _on_step(m, stop_step, lambda: signal.raise_signal(signal.SIGUSR1))
+        with pytest.raises(TrainingStopped, match=rf"stopped by signal {int(signal.SIGUSR1)} \(SIGUSR1\) at epoch 2 "
+                                                  rf"step {stop_step - 4}; continue with --resume") as stopped:
+            train(cut)
+    assert stopped.value.signum == signal.SIGUSR1
+    assert [signal.getsignal(s) for s in STOP_SIGNALS] == before
+    ck = load_checkpoint(f"{_run_dir(cut)}/last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (2, stop_step - 4) and ck["epoch_time"] > 0
+    train(cut, resume=True)
+    got_model, got_opt = _final_weights(cut)
+    for k in ref_model:
+        assert torch.equal(ref_model[k], got_model[k]), k
+    assert torch.equal(ref_opt["state"][0]["momentum_buffer"], got_opt["state"][0]["momentum_buffer"])
+    timing = ("train_time_s", "images_per_s")
+    rows = {}
+    for name, c in (("ref", cfg(tmp_path / "a")), ("cut", cut)):
+        with open(f"{_run_dir(c)}/metrics.csv") as fh:
+            rows[name] = list(csv.DictReader(fh))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows["cut"]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows["ref"]]
+    # the stopped epoch's time and images continue from the checkpoint (step 8: every one of them was before it)
+    assert float(rows["cut"][1]["train_time_s"]) >= ck["epoch_time"] and float(rows["cut"][1]["images_per_s"]) > 0
+
+
+def test_the_cli_exits_75_on_a_stop_signal_and_catches_only_the_configured_ones(tmp_path, monkeypatch, capsys):
+    cfg = synthetic_config(tmp_path, name="cli", data={"synthetic_size": 64},
+                           train={"epochs": 1, "stop_signals": ["SIGTERM"]})
+    save_yaml(cfg, tmp_path / "cli.yaml")
+    before = [signal.getsignal(s) for s in STOP_SIGNALS]
+    during = []
+
+    def stop():
+        during.extend(signal.getsignal(s) for s in STOP_SIGNALS)
+        signal.raise_signal(signal.SIGTERM)
+
+    _on_step(monkeypatch, 1, stop)
+    assert main(["train", "--config", str(tmp_path / "cli.yaml")]) == EXIT_STOPPED == 75
+    assert (f"stopped by signal {int(signal.SIGTERM)} (SIGTERM) at epoch 1 step 1; continue with --resume"
+            in capsys.readouterr().out)
+    assert during[0] != before[0] and during[1] == before[1]  # SIGUSR1 is not in this run's stop_signals
+    assert [signal.getsignal(s) for s in STOP_SIGNALS] == before
+    assert load_checkpoint(tmp_path / "runs" / "cli" / "last.pt")["step_in_epoch"] == 1
+
+
+def test_stop_signals_record_a_signal_and_put_the_previous_handler_back():
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda *_: seen.append("previous"))
+    try:
+        with StopSignals(["SIGUSR2"], on_signal=seen.append) as stop:
+            assert stop.received == 0
+            signal.raise_signal(signal.SIGUSR2)
+        assert stop.received == signal.SIGUSR2 and seen == [signal.SIGUSR2]
+        signal.raise_signal(signal.SIGUSR2)
+        assert seen == [signal.SIGUSR2, "previous"]
+
+        def handler_in_thread():
+            with StopSignals(["SIGUSR2"]):
+                return signal.getsignal(signal.SIGUSR2)
+
+        # handlers belong to the main thread: entered in another, it catches nothing (and does not fail)
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(handler_in_thread).result() is signal.getsignal(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):

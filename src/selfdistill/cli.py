@@ -18,8 +18,10 @@ from .methods import describe_method, method_reference
 from .plugins import PluginError, import_plugins
 from .registry import UnknownNameError
 from .run import (
+    EXIT_STOPPED,
     NonFiniteLossError,
     RunExistsError,
+    TrainingStopped,
     evaluate,
     export_model,
     image_files,
@@ -308,13 +310,17 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownNameError, RunExi
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors (bad config, data or checkpoint) print one clear line and exit with status 2, without
     a traceback unless ``SELFDISTILL_DEBUG=1``. Under ``torchrun`` a failing rank leaves the process group at once
-    (no barrier: the other ranks may never reach it), so its exit is not buried under gloo's abort."""
+    (no barrier: the other ranks may never reach it), so its exit is not buried under gloo's abort. A run or grid
+    stopped by a stop signal (``train.stop_signals``; the run has logged where) exits with :data:`EXIT_STOPPED`."""
     args = build_parser().parse_args(argv)
     try:
         import_plugins(getattr(args, "plugins", []))
         code = args.func(args)
         close_distributed()
         return code
+    except TrainingStopped:
+        close_distributed()  # every rank stopped after the same step: the barrier waits for rank 0's checkpoint
+        return EXIT_STOPPED
     except USER_ERRORS as exc:
         close_distributed(barrier=False)
         if os.environ.get("SELFDISTILL_DEBUG"):

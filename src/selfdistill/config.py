@@ -242,6 +242,12 @@ class TrainConfig:
     """Evaluate every N epochs (and always after the last)."""
     checkpoint_every_steps: int = limited(0, low=0)
     """Extra mid-epoch checkpoints every N steps (0 = only at epoch ends)."""
+    stop_signals: list[Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"]] = field(
+        default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals on which training finishes the step in progress, writes a mid-epoch checkpoint and exits with status
+    75 (``EX_TEMPFAIL``; ``selfdistill.train`` raises ``TrainingStopped``): continue with ``--resume``. Under DDP a
+    signal to any rank stops every rank after the same step; ``selfdistill bench`` passes them on to its runs. ``[]``
+    leaves every signal to its default action (see docs/cluster.md)."""
     log_every: int = limited(20, low=1)
     """Refresh the progress-bar statistics every N steps."""
     progress: bool | Literal["auto"] = "auto"

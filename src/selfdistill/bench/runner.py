@@ -12,7 +12,9 @@ A grid file is YAML data::
 ``grid`` may also be a list of such mappings: the union of their products runs, in order.
 
 Finished runs (``summary.json``) are skipped, interrupted ones resume from their checkpoint, so a killed grid
-loses at most the epoch in progress of the runs that were going.
+loses at most the epoch in progress of the runs that were going. A stop signal (any run's ``train.stop_signals``) is
+passed on to the runs in progress, which checkpoint after their step and exit; the grid then stops with
+:class:`~selfdistill.run.TrainingStopped`, and the same command continues it.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, load_yaml, save_yaml, set_by_path, to_dict
+from ..engine.preemption import EXIT_STOPPED, StopSignals, TrainingStopped, signal_name
 from ..methods import describe_method
 from ..run import resolve_config
 from ..tasks import get_task
@@ -172,26 +176,56 @@ def acquire_lock(path: Path) -> bool:
     return False
 
 
-def _execute(run: RunSpec, threads: int, log_dir: Path) -> int | None:
-    """Train one run in a subprocess; ``None`` when another bench process is running it."""
+class _Children:
+    """The training processes a grid is running. A stop signal is passed on to each of them, and no new one starts
+    after it (:attr:`signum`, 0 until then)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._lock = threading.RLock()  # re-entrant: a second signal can interrupt the handler of the first
+        self._running: set[subprocess.Popen] = set()
+
+    def run(self, cmd: list[str], **kwargs: Any) -> int | None:
+        """``subprocess.run(cmd, **kwargs).returncode``; ``None`` (nothing started) once stopping."""
+        with self._lock:
+            if self.signum:
+                return None
+            proc = subprocess.Popen(cmd, **kwargs)
+            self._running.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+
+    def stop(self, signum: int) -> None:
+        """Pass ``signum`` on to every running child; start no other (a signal handler: runs in the main thread)."""
+        with self._lock:
+            self.signum = signum
+            for proc in self._running:
+                proc.send_signal(signum)
+
+
+def _execute(run: RunSpec, threads: int, log_dir: Path, children: _Children) -> int | None:
+    """Train one run in a subprocess; ``None`` when another bench process is running it, or the grid is stopping."""
     lock = log_dir / f"{run.name}.lock"
     if not acquire_lock(lock):
         return None
     try:
-        return _train_subprocess(run, threads, log_dir)
+        return _train_subprocess(run, threads, log_dir, children)
     finally:
         lock.unlink(missing_ok=True)
 
 
-def _train_subprocess(run: RunSpec, threads: int, log_dir: Path) -> int:
+def _train_subprocess(run: RunSpec, threads: int, log_dir: Path, children: _Children) -> int | None:
     cfg_path = log_dir / f"{run.name}.yaml"
     save_yaml(run.config, cfg_path)
     cmd = [sys.executable, "-m", "selfdistill", "train", "--config", str(cfg_path), "--resume",
            "--set", f"train.threads={threads}", "--set", "train.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (log_dir / f"{run.name}.log").open("a") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
+        return children.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def _die_with_parent() -> None:
@@ -206,25 +240,41 @@ def _die_with_parent() -> None:
 
 def run_grid(grid: Grid, jobs: int = 1, log=print) -> list[str]:
     """Run every unfinished point, ``jobs`` at a time (torch threads split between them); returns the names of
-    runs that failed."""
+    runs that failed.
+
+    A signal of any run's ``train.stop_signals`` is passed on to the runs in progress; once they have checkpointed
+    and exited, :class:`TrainingStopped` is raised (unless every run is done by then)."""
     todo = [r for r in grid.runs if r.status != "done"]
     log(f"{len(grid.runs)} runs, {len(grid.runs) - len(todo)} already done, {len(todo)} to run, {jobs} at a time")
     log_dir = grid.out / "_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed: list[str] = []
+    children = _Children()
 
     def one(run: RunSpec) -> None:
+        if children.signum:
+            return
         log(f"start {run.name} ({run.status})")
-        rc = _execute(run, threads, log_dir)
+        rc = _execute(run, threads, log_dir, children)
         if rc is None:
-            log(f"skip  {run.name}: another bench process is running it")
+            if not children.signum:
+                log(f"skip  {run.name}: another bench process is running it")
+        elif rc == EXIT_STOPPED or (children.signum and rc == -children.signum):  # killed by it before its handler
+            log(f"stopped {run.name}: resumable")
         elif rc:
             log(f"FAILED {run.name} (exit {rc}, see {log_dir / run.name}.log)")
             failed.append(run.name)
         else:
             log(f"done  {run.name}")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    stop_signals = sorted({name for run in grid.runs for name in run.config["train"]["stop_signals"]})
+    with StopSignals(stop_signals, on_signal=children.stop), ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, todo))
+    left = [r.name for r in todo if r.status != "done"]
+    if children.signum and left:
+        msg = (f"stopped by signal {signal_name(children.signum)} with {len(left)} runs unfinished; run the same "
+               "bench again to continue")
+        log(msg)
+        raise TrainingStopped(msg, children.signum)
     return failed

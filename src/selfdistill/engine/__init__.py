@@ -1,5 +1,5 @@
-"""Training utilities that know no method and no task: checkpoints, distributed helpers, optimisers and EMA,
-metrics, logging, per-sample memories and the run summary."""
+"""Training utilities that know no method and no task: checkpoints, distributed helpers, stop signals, optimisers and
+EMA, metrics, logging, per-sample memories and the run summary."""
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_run_checkpoint, save_checkpoint
 from .memory import SampleMemory

@@ -18,6 +18,7 @@ from ..engine.checkpoint import load_run_checkpoint, rng_state, save_checkpoint,
 from ..engine.distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm, unwrap, wrap_ddp
 from ..engine.logging import TensorBoardLog, format_epoch, progress_bar, write_csv
 from ..engine.optim import ModelEMA, build_optimizer, build_scheduler, non_finite_error, term_grad_norms
+from ..engine.preemption import StopSignals, TrainingStopped, signal_name
 from ..engine.summary import RunSummary, metric_results, run_environment
 from ..methods import MethodContext
 from ..tasks import get_task
@@ -25,7 +26,7 @@ from .evaluation import evaluate_split, without_count
 from .resolve import resolve_amp, resolve_device
 from .resume import CHECKPOINT, check_resume_config, check_run_dir
 
-COUNTERS = ("n", "correct", "steps", "gradnorm_steps")  # epoch accumulators that are not logged as means
+COUNTERS = ("n", "correct", "steps", "gradnorm_steps", "images")  # epoch accumulators not logged as means
 
 
 def eval_input(data: Any) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.dist = DistInfo()
         self._log = log if log is not None else (lambda msg: print(msg, flush=True))
+        self.stop = StopSignals(cfg.train.stop_signals)
 
     def log(self, msg: str) -> None:
         """Print on the main rank."""
@@ -104,7 +106,18 @@ class Trainer:
     # checkpoint: every piece of state the next step depends on
     STATE = ("model", "optimizer", "scheduler", "scaler")
 
-    def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor], train_time: float) -> None:
+    def _rank_sums(self, acc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The epoch accumulators summed over ranks (a new dict; ``acc`` is left as it is)."""
+        keys = sorted(acc)
+        if not keys:
+            return {}
+        return dict(zip(keys, all_reduce_sum(torch.stack([acc[k] for k in keys]), self.dist), strict=True))
+
+    def _save(self, epoch: int, step_in_epoch: int, acc: dict[str, torch.Tensor], epoch_time: float) -> None:
+        """Checkpoint after ``step_in_epoch`` steps of ``epoch`` (0: the epoch is done); ``acc`` and ``epoch_time``
+        are the epoch's accumulators and training seconds so far. Called on every rank (the accumulators are
+        summed over them); rank 0 writes."""
+        acc = self._rank_sums(acc)
         if not self.dist.is_main:
             return
         state = {k: getattr(self, k).state_dict() for k in self.STATE}
@@ -112,12 +125,15 @@ class Trainer:
                      global_step=self.global_step, extra=[m.state_dict() for m in self.extra],
                      ema=None if self.ema is None else self.ema.module.state_dict(), method=self.method.state_dict(),
                      rng=rng_state(), history=self.history, reliability=self.reliability,
-                     epoch_acc={k: v.detach().cpu() for k, v in acc.items()}, train_time=train_time,
+                     epoch_acc={k: v.detach().cpu() for k, v in acc.items()}, epoch_time=epoch_time,
+                     train_time=self.train_time + epoch_time,
                      classes=self.data.classes, in_chans=self.data.in_chans, mean=self.data.mean.tolist(),
                      std=self.data.std.tolist(), **eval_input(self.data))
         save_checkpoint(state, self.run_dir / CHECKPOINT)
 
-    def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor]]:
+    def _restore(self, ck: dict[str, Any]) -> tuple[int, int, dict[str, torch.Tensor], float]:
+        """Load a checkpoint; returns its epoch, step in that epoch, the epoch's accumulators (this rank's share:
+        the sums over every rank on rank 0, zeros elsewhere) and the epoch's training seconds so far."""
         check_resume_config(ck["config"], self.cfg, self.run_dir)
         for k in self.STATE:
             getattr(self, k).load_state_dict(ck[k])
@@ -128,8 +144,10 @@ class Trainer:
         self.method.load_state_dict(ck["method"])
         set_rng_state(ck["rng"])
         self.history, self.reliability = list(ck["history"]), ck["reliability"]
-        self.global_step, self.train_time = ck["global_step"], ck["train_time"]
-        return ck["epoch"], ck["step_in_epoch"], {k: v.to(self.device) for k, v in ck["epoch_acc"].items()}
+        epoch_time = ck.get("epoch_time", 0.0)  # absent from checkpoints written before it was kept
+        self.global_step, self.train_time = ck["global_step"], ck["train_time"] - epoch_time
+        acc = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device) for k, v in ck["epoch_acc"].items()}
+        return ck["epoch"], ck["step_in_epoch"], acc, epoch_time
 
     def _evaluate(self, model: nn.Module, split: Any) -> Any:
         return evaluate_split(model, self.data, split, self.task, self.device, self.dist, self.amp_dtype)
@@ -146,13 +164,18 @@ class Trainer:
         return out
 
     def fit(self) -> RunSummary:
-        """Train (or resume) to ``train.epochs`` and write the summary."""
+        """Train (or resume) to ``train.epochs`` and write the summary. A signal of ``train.stop_signals`` ends
+        training after the step in progress, with a checkpoint and :class:`TrainingStopped`."""
+        with self.stop:
+            return self._fit()
+
+    def _fit(self) -> RunSummary:
         check_run_dir(self.run_dir, self.cfg, self.resume)
         self._setup()
         cfg, ckpt_path = self.cfg, self.run_dir / CHECKPOINT
-        start_epoch, start_step, acc = 1, 0, {}
+        start_epoch, start_step, acc, epoch_time = 1, 0, {}, 0.0
         if ckpt_path.is_file():
-            done_epoch, step_in_epoch, acc = self._restore(load_run_checkpoint(ckpt_path, self.device))
+            done_epoch, step_in_epoch, acc, epoch_time = self._restore(load_run_checkpoint(ckpt_path, self.device))
             start_epoch, start_step = (done_epoch + 1, 0) if step_in_epoch == 0 else (done_epoch, step_in_epoch)
             self.log(f"resuming {self.run_dir} at epoch {start_epoch}, step {start_step}")
         if self.dist.is_main:
@@ -166,9 +189,9 @@ class Trainer:
                  f"steps, device {self.device}")
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
-                row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc)
-                acc = {}
-                self._save(epoch, 0, {}, self.train_time)  # first the checkpoint: the logs derive from its history
+                row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc, epoch_time)
+                acc, epoch_time = {}, 0.0
+                self._save(epoch, 0, {}, 0.0)  # first the checkpoint: the logs derive from its history
                 if self.dist.is_main:
                     write_csv(self.history, self.run_dir / "metrics.csv")
                 tb.scalars(row, epoch)
@@ -180,31 +203,41 @@ class Trainer:
             summary.save(self.run_dir / "summary.json")
         return summary
 
-    def _train_epoch(self, epoch: int, start_step: int, acc: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, start_step: int, acc: dict[str, torch.Tensor],
+                     epoch_time: float) -> dict[str, float]:
+        """Train ``epoch`` from ``start_step`` on, continuing the accumulators and training seconds of its first
+        ``start_step`` steps (a resumed epoch); returns its row of the history."""
         cfg = self.cfg
         self.method.on_epoch_start(epoch)
         self.train_model.train()
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        acc = dict(acc) or {"n": zero.clone(), "correct": zero.clone(), "steps": zero.clone()}
+        acc = {**{k: zero.clone() for k in ("n", "correct", "steps", "images")}, **acc}
         bar = progress_bar(self.steps_per_epoch, start_step, f"epoch {epoch}/{cfg.train.epochs}", cfg.train.progress,
                            self.dist.is_main)
-        t0, images = time.perf_counter(), 0
+        t0 = time.perf_counter() - epoch_time
         for step, batch in enumerate(self.loader.iterate(epoch, start_step), start=start_step):
             self._step(batch, epoch, step, acc, zero)
-            images += len(batch) * self.dist.world
             if self.dist.is_main and (step + 1) % cfg.train.log_every == 0:
                 bar.set_postfix(loss=f"{float(acc['loss'] / acc['steps']):.3f}",
                                 acc=f"{100 * float(acc['correct'] / acc['n']):.1f}%",
-                                img_s=f"{images / (time.perf_counter() - t0):.0f}")
+                                img_s=f"{float(acc['images']) * self.dist.world / (time.perf_counter() - t0):.0f}")
             bar.update(1)
-            if cfg.train.checkpoint_every_steps and self.global_step % cfg.train.checkpoint_every_steps == 0 \
-                    and step + 1 < self.steps_per_epoch:
-                # mid-epoch: ``epoch`` is in progress and ``step + 1`` is the next step to run
-                self._save(epoch, step + 1, acc, self.train_time + time.perf_counter() - t0)
+            signum = self.stop.agreed(self.dist, self.device)
+            every = cfg.train.checkpoint_every_steps
+            if signum or (every and self.global_step % every == 0 and step + 1 < self.steps_per_epoch):
+                # mid-epoch: ``epoch`` is in progress and ``step + 1`` is the next step to run (a stop after the
+                # epoch's last step saves the epoch with every step done: the resumed run evaluates it)
+                self._save(epoch, step + 1, acc, time.perf_counter() - t0)
+            if signum:
+                bar.close()
+                msg = (f"stopped by signal {signal_name(signum)} at epoch {epoch} step {step + 1}; continue with "
+                       "--resume")
+                self.log(msg)
+                raise TrainingStopped(msg, signum)
         bar.close()
         train_s = time.perf_counter() - t0
         self.train_time += train_s
-        row = self._epoch_row(epoch, acc, train_s, images)
+        row = self._epoch_row(epoch, acc, train_s)
         self.history.append(row)
         self.log(format_epoch(row, cfg.train.epochs, self.task.metrics, self.task.train_metric))
         return row
@@ -254,14 +287,14 @@ class Trainer:
                 for k, v in self.task.train_stats(logits, out.targets).items():
                     acc[k] = acc.get(k, zero) + v
             acc["steps"] += 1
+            acc["images"] += len(batch)
             for k, v in {**{f"loss_{k}": v for k, v in out.losses.items()}, "loss": total, **out.stats}.items():
                 acc[k] = acc.get(k, zero) + v.detach().double()
             for k, v in applied.items():
                 acc[k] = acc.get(k, zero) + v
 
-    def _epoch_row(self, epoch: int, acc: dict[str, torch.Tensor], train_s: float, images: int) -> dict[str, float]:
-        keys = sorted(acc)
-        acc = dict(zip(keys, all_reduce_sum(torch.stack([acc[k] for k in keys]), self.dist), strict=True))
+    def _epoch_row(self, epoch: int, acc: dict[str, torch.Tensor], train_s: float) -> dict[str, float]:
+        acc = self._rank_sums(acc)
         steps = max(float(acc["steps"]), 1.0)
         row: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         for k, v in acc.items():
@@ -284,7 +317,7 @@ class Trainer:
             self.extra_keys.update(extra_metrics)
             row.update(extra_metrics)
         row["train_time_s"] = train_s
-        row["images_per_s"] = images / train_s if train_s > 0 else float("nan")
+        row["images_per_s"] = float(acc["images"]) / train_s if train_s > 0 else float("nan")
         return row
 
     def _summary(self, train_fit: dict[str, float]) -> RunSummary:

@@ -123,7 +123,7 @@ def load_runs(root: str | Path) -> list[Run]:
 # run-environment settings that do not change what a run measures
 _NOT_A_SETTING = ("seed", "name", "out", "method.", "data.root", "data.cache_dir", "data.num_workers",
                   "train.threads", "train.progress", "train.tensorboard", "train.log_every", "train.grad_norm_every",
-                  "train.checkpoint_every_steps")
+                  "train.checkpoint_every_steps", "train.stop_signals")
 
 
 def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, str]:
