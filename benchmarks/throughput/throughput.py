@@ -72,7 +72,7 @@ class Engine:
         """Anchors per second over one epoch (also records the seconds per optimiser step)."""
         self.epoch += 1
         sync(self.t.cfg.train.device)
-        row = self.t._train_epoch(self.epoch, 0, {})
+        row = self.t._train_epoch(self.epoch, 0, {}, 0.0)
         self.step_s = row["train_time_s"] / self.t.steps_per_epoch
         return row["images_per_s"]
 
