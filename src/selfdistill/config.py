@@ -296,7 +296,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types; a ``ValueError`` of the class's
+    own checks becomes a :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -307,7 +308,12 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
                 f"unknown config key '{full}'.{did_you_mean(str(key), names)} Valid keys here: {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the class's own checks (a bottom-layer options class knows no ConfigError)
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
