@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
-from ..config import ConfigError
 from ..losses import KLReduction, cross_entropy, entropy_rows, kd_rows_from_probs, reduce_rows, standardize_logits
-from ..patch_swap import box_mask, cell_counts, cells_to_mask, draw_ratios, sample_cells, swap_with_mask
+from ..patch_swap import ImageSwapOptions, swap_with_mask
 from .base import Method, StepOutput, register_method
 
 
 @dataclass
-class IPSOptions:
+class IPSOptions(ImageSwapOptions):
     """IPS options (docs/methods.md, ips; the shipped defaults: docs/ips.md)."""
 
     partner_source: Literal["sampler", "inbatch"] = "sampler"
@@ -33,30 +32,6 @@ class IPSOptions:
     ordinary batch (B images, up to B/2 pairs)."""
     inbatch_fallback: Literal["mask", "self"] = "mask"
     """``inbatch`` images without a same-class partner: ``mask`` = CE only, ``self`` = paired with themselves."""
-    layout: Literal["grid", "box"] = "grid"
-    """``grid``: k random cells of a g×g grid; ``box``: one rectangle of area ≈ r·HW at the same place."""
-    grid: int = 4
-    """Cells per side (4 on 32-px images gives 8-px cells)."""
-    patch_size: int | None = None
-    """Cell side in pixels; when set it overrides ``grid`` (g = round(H / patch_size))."""
-    ratio_dist: Literal["uniform", "fixed", "beta"] = "uniform"
-    """Distribution of the per-pair swap ratio r."""
-    ratio_low: float = 0.0
-    """``uniform``: lower bound; ``fixed``: the ratio."""
-    ratio_high: float = 1.0
-    """``uniform``: upper bound."""
-    beta_a: float = 1.0
-    """``beta``: first shape parameter."""
-    beta_b: float = 1.0
-    """``beta``: second shape parameter."""
-    k_min: int = 0
-    """Fewest cells swapped in a pair."""
-    k_max: int | None = None
-    """Most cells swapped in a pair (default g²)."""
-    mask_per: Literal["pair", "batch"] = "pair"
-    """``batch`` reuses the first pair's mask for every pair."""
-    p_swap: float = 1.0
-    """Probability that a pair is swapped at all."""
     kd_on_unswapped: bool = True
     """Distil pairs that were not swapped (two real same-class images) by the same rule."""
     teacher_rule: Literal["confidence", "symmetric", "always_a", "originals"] = "symmetric"
@@ -101,20 +76,12 @@ class IPSOptions:
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KD term over pairs."""
 
-    def __post_init__(self) -> None:
-        checks = [
-            (0.0 <= self.p_swap <= 1.0, "method.p_swap must be in [0, 1]"),
-            (0.0 <= self.ratio_low <= self.ratio_high <= 1.0, "method.ratio_low <= ratio_high must lie in [0, 1]"),
-            (self.grid >= 1 and (self.patch_size is None or self.patch_size >= 1), "grid/patch_size must be >= 1"),
-            (self.T > 0 and self.lambda_kd >= 0, "method.T must be > 0 and lambda_kd >= 0"),
-            (self.T_teacher is None or self.T_teacher > 0, "method.T_teacher must be > 0 (or null: T)"),
-            (self.k_min >= 0 and (self.k_max is None or self.k_max >= self.k_min), "need 0 <= k_min <= k_max"),
-            (self.partner_source == "sampler" or self.batch_counts == "anchors",
-             "method.batch_counts=images needs partner_source=sampler"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(),
+                (self.T > 0 and self.lambda_kd >= 0, "T must be > 0 and lambda_kd >= 0"),
+                (self.T_teacher is None or self.T_teacher > 0, "T_teacher must be > 0 (or null: T)"),
+                (self.partner_source == "sampler" or self.batch_counts == "anchors",
+                 "batch_counts=images needs partner_source=sampler")]
 
 
 def confidence(logits: Tensor, y: Tensor, measure: str) -> Tensor:
@@ -256,24 +223,6 @@ class IntraClassPatchSwap(Method):
         w = self.opt.kd_warmup_epochs
         return self.opt.lambda_kd * (min(1.0, (epoch - 1) / w) if w > 0 else 1.0)
 
-    def masks(self, gen: torch.Generator, n_global: int, rows: slice, height: int, width: int,
-              device: torch.device) -> tuple[Tensor, Tensor]:
-        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags for this rank's pairs ``rows``,
-        drawn from ``gen`` for all ``n_global`` pairs of the step."""
-        o = self.opt
-        ratios = draw_ratios(n_global, o.ratio_dist, o.ratio_low, o.ratio_high, o.beta_a, o.beta_b, gen)
-        if o.layout == "grid":
-            g = o.grid if o.patch_size is None else max(1, round(height / o.patch_size))
-            cells = sample_cells(cell_counts(ratios, g, o.k_min, o.k_max), g, gen)
-            mask = cells_to_mask(cells, height, width)
-        else:
-            mask = box_mask(ratios, height, width, gen)
-        if o.mask_per == "batch":
-            mask = mask[:1].expand_as(mask)
-        swapped = torch.rand(n_global, generator=gen) < o.p_swap
-        mask = mask & swapped[:, None, None, None]
-        return mask[rows].to(device), swapped[rows].to(device)
-
     def _forward(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
         if self.opt.forward == "joint":
             return list(model(torch.cat(groups)).split([len(g) for g in groups]))
@@ -296,14 +245,14 @@ class IntraClassPatchSwap(Method):
             xa, xb, y = batch.x, batch.partner.x, batch.y
             extra_x, extra_y = batch.x[:0], batch.y[:0]
             n_global = batch.global_size if batch.global_size > 0 else len(y)
-            mask, swapped = self.masks(gen, n_global, batch.rows, h, w, batch.x.device)
+            mask, swapped = o.masks(gen, n_global, batch.rows, h, w, batch.x.device)
         else:
             ia, ib, lone = inbatch_pairs(batch.y, gen)
             if o.inbatch_fallback == "self":
                 ia, ib, lone = torch.cat([ia, lone]), torch.cat([ib, lone]), lone[:0]
             xa, xb, y = batch.x[ia], batch.x[ib], batch.y[ia]
             extra_x, extra_y = batch.x[lone], batch.y[lone]
-            mask, swapped = self.masks(gen, len(y), slice(None), h, w, batch.x.device)
+            mask, swapped = o.masks(gen, len(y), slice(None), h, w, batch.x.device)
         xa_s, xb_s = swap_with_mask(xa, xb, mask)
         clean = o.teacher_rule == "originals"
         with_originals = o.ce_inputs == "swapped+original" or (clean and o.teacher_forward == "joint")
