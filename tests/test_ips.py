@@ -1,6 +1,7 @@
 """IPS: the swap (its invariants), the loss (golden values, gradients) and end-to-end training."""
 
 import math
+import typing
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
 from selfdistill.data import Batch, normalize
 from selfdistill.methods import MethodContext, build_method
+from selfdistill.methods.ips import TEACHER_RULES, IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.methods.ips import IntraClassPatchSwap as IPS
-from selfdistill.methods.ips import IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.models import build_model
 from selfdistill.patch_swap import (
     SwapOptions,
@@ -144,6 +145,11 @@ def test_swap_keys_are_flat_and_checked_in_every_task(task):
 
 
 # ------------------------------------------------------------------------------------------- the loss
+def test_every_teacher_rule_has_its_function():
+    rules = typing.get_args(typing.get_type_hints(IPSOptions)["teacher_rule"])
+    assert sorted(TEACHER_RULES) == sorted(rules)
+
+
 def test_kd_golden_values_and_teacher_choice():  # golden + invariant 7
     za = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # p = [1/4, 3/4]
     zb = torch.zeros(2, 2)  # p = [1/2, 1/2]
