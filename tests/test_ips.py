@@ -1,6 +1,7 @@
 """IPS: the swap (its invariants), the loss (golden values, gradients) and end-to-end training."""
 
 import math
+import typing
 
 import pytest
 import torch
@@ -10,11 +11,21 @@ from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
 from selfdistill.data import Batch, normalize
 from selfdistill.methods import MethodContext, build_method
+from selfdistill.methods.ips import TEACHER_RULES, IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.methods.ips import IntraClassPatchSwap as IPS
-from selfdistill.methods.ips import IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.models import build_model
-from selfdistill.patch_swap import cell_counts, cells_to_mask, patch_swap, sample_cells, swap_with_mask
+from selfdistill.patch_swap import (
+    SwapOptions,
+    cell_counts,
+    cells_to_mask,
+    grid_swap_mask,
+    patch_swap,
+    sample_cells,
+    swap_with_mask,
+)
 from selfdistill.run import resolve_config
+from selfdistill.tasks.detection.methods import DetIPSOptions
+from selfdistill.tasks.segmentation.methods import DenseIPSOptions
 
 
 def _pair(n=5, c=3, h=10, w=7, dtype=torch.float32, seed=0):
@@ -111,7 +122,34 @@ def test_patch_swap_rejects_mismatched_shapes():
         patch_swap(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5), 2, 0.5)
 
 
+def test_every_variant_draws_the_same_swap_from_the_same_keys():
+    kw = {"grid": 4, "ratio_low": 0.2, "ratio_high": 0.7, "p_swap": 0.6}
+    draws = [o.masks(_gen(3), 12, slice(None), 10, 7, "cpu") for o in (IPSOptions(**kw), DenseIPSOptions(**kw))]
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    assert torch.equal(grid_swap_mask(12, 10, 7, 4, (0.2, 0.7), 0.6, _gen(3)), draws[0][0])
+    assert not draws[0][0][~draws[0][1]].any() and draws[0][0][draws[0][1]].any()  # unswapped pairs: empty masks
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+def test_swap_keys_are_flat_and_checked_in_every_task(task):
+    for cls in (IPSOptions, DenseIPSOptions, DetIPSOptions):
+        assert issubclass(cls, SwapOptions)
+    method = resolve_config({"task": task, "method": {"name": "ips", "grid": 2, "p_swap": 0.5}}).method
+    assert method["grid"] == 2 and method["p_swap"] == 0.5
+    for bad in ({"p_swap": 1.5}, {"ratio_low": 0.8, "ratio_high": 0.2}, {"grid": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            resolve_config({"task": task, "method": {"name": "ips", **bad}})
+    if task != "classification":  # the dense variants keep the finer knobs of the draw fixed
+        with pytest.raises(ConfigError, match=r"unknown config key 'method\.layout'"):
+            resolve_config({"task": task, "method": {"name": "ips", "layout": "box"}})
+
+
 # ------------------------------------------------------------------------------------------- the loss
+def test_every_teacher_rule_has_its_function():
+    rules = typing.get_args(typing.get_type_hints(IPSOptions)["teacher_rule"])
+    assert sorted(TEACHER_RULES) == sorted(rules)
+
+
 def test_kd_golden_values_and_teacher_choice():  # golden + invariant 7
     za = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # p = [1/4, 3/4]
     zb = torch.zeros(2, 2)  # p = [1/2, 1/2]
@@ -284,7 +322,7 @@ def test_loss_is_invariant_to_complementing_the_mask():  # invariant 9 through t
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     method = _method()
     batch = _batch(xa, y, xb)
-    mask, _ = method.masks(batch.generator(), 6, slice(None), 16, 16, torch.device("cpu"))
+    mask, _ = method.opt.masks(batch.generator(), 6, slice(None), 16, 16, torch.device("cpu"))
     losses = []
     for m in (mask, ~mask):
         sa, sb = swap_with_mask(xa, xb, m)
@@ -313,7 +351,7 @@ def test_default_step_is_ce_on_four_groups_plus_a_tenth_of_the_symmetric_kd():
     method = _method()
     batch = _batch(xa, y, xb)
     out = method.training_step(model, batch, epoch=1)
-    mask, _ = method.masks(batch.generator(), 3, slice(None), 16, 16, torch.device("cpu"))
+    mask, _ = method.opt.masks(batch.generator(), 3, slice(None), 16, 16, torch.device("cpu"))
     sa, sb = swap_with_mask(xa, xb, mask)
     with torch.no_grad():
         za, zb, zca, zcb = (model(x) for x in (sa, sb, xa, xb))
@@ -329,8 +367,8 @@ def test_masks_do_not_depend_on_the_rank_split():
     method = _method()
     batch = _batch(torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long), seed=11)
     cpu = torch.device("cpu")
-    whole, flags = method.masks(batch.generator(), 16, slice(None), 8, 8, cpu)
-    part, part_flags = method.masks(batch.generator(), 16, slice(8, 16), 8, 8, cpu)
+    whole, flags = method.opt.masks(batch.generator(), 16, slice(None), 8, 8, cpu)
+    part, part_flags = method.opt.masks(batch.generator(), 16, slice(8, 16), 8, 8, cpu)
     assert torch.equal(whole[8:], part) and torch.equal(flags[8:], part_flags)
 
 

@@ -372,7 +372,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and values outside a field's
-    :class:`Limits`."""
+    :class:`Limits`; a ``ValueError`` of the class's own checks becomes a :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     limits = field_limits(cls)
@@ -386,7 +386,12 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], full)
         if key in limits:
             limits[key].check(kwargs[key], full)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the class's own checks (a bottom-layer options class knows no ConfigError)
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

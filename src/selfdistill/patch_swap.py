@@ -3,6 +3,7 @@
 >>> from selfdistill.patch_swap import patch_swap
 >>> xa_s, xb_s, mask = patch_swap(xa, xb, grid=4, ratio=(0.0, 1.0))
 
+The IPS variants draw their masks through :class:`SwapOptions`, whose fields are their flat ``method.*`` keys.
 Cell ``(i, j)`` of a ``g × g`` grid covers rows ``⌊iH/g⌋ … ⌊(i+1)H/g⌋ − 1`` and the columns likewise, so sizes
 need not divide. Swapping is a boolean select (``torch.where``), never arithmetic blending: every output pixel is
 bit-identical to one of its two sources (docs/methods.md, ips).
@@ -10,6 +11,7 @@ bit-identical to one of its two sources (docs/methods.md, ips).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -75,15 +77,100 @@ def box_mask(ratios: Tensor, height: int, width: int, generator: torch.Generator
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
+@dataclass
+class SwapOptions:
+    """The swap every IPS variant configures: per pair a ratio ``r`` drawn uniformly from ``[ratio_low,
+    ratio_high]``, ``round(r·g²)`` cells of a ``g × g`` grid exchanged at the same positions, the pair swapped at
+    all with probability ``p_swap``. A variant's options class derives from it, so these are flat ``method.*`` keys.
+
+    The finer knobs of the draw are fixed here, as class attributes; :class:`ImageSwapOptions` makes them options.
+    """
+
+    grid: int = 8
+    """Cells per side of the swap grid (8 on 512-px crops gives 64-px cells)."""
+    ratio_low: float = 0.0
+    """Lower bound of the uniform per-pair swap ratio."""
+    ratio_high: float = 1.0
+    """Upper bound of the uniform per-pair swap ratio."""
+    p_swap: float = 1.0
+    """Probability that a pair is swapped at all."""
+
+    layout = "grid"
+    patch_size = None
+    ratio_dist = "uniform"
+    beta_a = 1.0
+    beta_b = 1.0
+    k_min = 0
+    k_max = None
+    mask_per = "pair"
+
+    def __post_init__(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise ValueError(message)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """``(condition, message)`` pairs that must hold; a variant adds its own to these."""
+        return [
+            (0.0 <= self.p_swap <= 1.0, "p_swap must be in [0, 1]"),
+            (0.0 <= self.ratio_low <= self.ratio_high <= 1.0, "ratio_low <= ratio_high must lie in [0, 1]"),
+            (self.grid >= 1 and (self.patch_size is None or self.patch_size >= 1), "grid/patch_size must be >= 1"),
+            (self.k_min >= 0 and (self.k_max is None or self.k_max >= self.k_min), "need 0 <= k_min <= k_max"),
+        ]
+
+    def masks(self, generator: torch.Generator | None, n_global: int, rows: slice, height: int, width: int,
+              device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags of the pairs ``rows``, drawn from
+        ``generator`` for all ``n_global`` pairs of the step (so they do not depend on the split across ranks)."""
+        ratios = draw_ratios(n_global, self.ratio_dist, self.ratio_low, self.ratio_high, self.beta_a, self.beta_b,
+                             generator)
+        if self.layout == "grid":
+            g = self.grid if self.patch_size is None else max(1, round(height / self.patch_size))
+            cells = sample_cells(cell_counts(ratios, g, self.k_min, self.k_max), g, generator)
+            mask = cells_to_mask(cells, height, width)
+        else:
+            mask = box_mask(ratios, height, width, generator)
+        if self.mask_per == "batch":
+            mask = mask[:1].expand_as(mask)
+        swapped = torch.rand(n_global, generator=generator) < self.p_swap
+        mask = mask & swapped[:, None, None, None]
+        return mask[rows].to(device), swapped[rows].to(device)
+
+
+@dataclass
+class ImageSwapOptions(SwapOptions):
+    """The swap of image-level IPS: every knob of the draw is an option."""
+
+    layout: Literal["grid", "box"] = "grid"
+    """``grid``: k random cells of a g×g grid; ``box``: one rectangle of area ≈ r·HW at the same place."""
+    grid: int = 4
+    """Cells per side (4 on 32-px images gives 8-px cells)."""
+    patch_size: int | None = None
+    """Cell side in pixels; when set it overrides ``grid`` (g = round(H / patch_size))."""
+    ratio_dist: Literal["uniform", "fixed", "beta"] = "uniform"
+    """Distribution of the per-pair swap ratio r."""
+    ratio_low: float = 0.0
+    """``uniform``: lower bound; ``fixed``: the ratio."""
+    ratio_high: float = 1.0
+    """``uniform``: upper bound."""
+    beta_a: float = 1.0
+    """``beta``: first shape parameter."""
+    beta_b: float = 1.0
+    """``beta``: second shape parameter."""
+    k_min: int = 0
+    """Fewest cells swapped in a pair."""
+    k_max: int | None = None
+    """Most cells swapped in a pair (default g²)."""
+    mask_per: Literal["pair", "batch"] = "pair"
+    """``batch`` reuses the first pair's mask for every pair."""
+
+
 def grid_swap_mask(n: int, height: int, width: int, grid: int, ratio: Ratio, p: float = 1.0,
                    generator: torch.Generator | None = None) -> Tensor:
     """Bool ``(n, 1, H, W)`` masks of ``round(r·grid²)`` random grid cells per pair, ``r`` drawn uniformly from
     ``ratio`` (a float or a ``(low, high)`` range); a pair is masked at all with probability ``p``."""
     low, high = (ratio, ratio) if isinstance(ratio, int | float) else ratio
-    ratios = draw_ratios(n, "uniform", low, high, generator=generator)
-    cells = sample_cells(cell_counts(ratios, grid), grid, generator)
-    cells &= (torch.rand(n, generator=generator) < p)[:, None, None]
-    return cells_to_mask(cells, height, width)
+    return SwapOptions(grid, low, high, p).masks(generator, n, slice(None), height, width, "cpu")[0]
 
 
 def swap_with_mask(xa: Tensor, xb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

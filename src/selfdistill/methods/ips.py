@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
-from ..config import ConfigError
 from ..losses import KLReduction, cross_entropy, entropy_rows, kd_rows_from_probs, reduce_rows, standardize_logits
-from ..patch_swap import box_mask, cell_counts, cells_to_mask, draw_ratios, sample_cells, swap_with_mask
+from ..patch_swap import ImageSwapOptions, swap_with_mask
 from .base import Method, StepOutput, register_method
 
 
 @dataclass
-class IPSOptions:
+class IPSOptions(ImageSwapOptions):
     """IPS options (docs/methods.md, ips; the shipped defaults: docs/ips.md)."""
 
     partner_source: Literal["sampler", "inbatch"] = "sampler"
@@ -33,30 +32,6 @@ class IPSOptions:
     ordinary batch (B images, up to B/2 pairs)."""
     inbatch_fallback: Literal["mask", "self"] = "mask"
     """``inbatch`` images without a same-class partner: ``mask`` = CE only, ``self`` = paired with themselves."""
-    layout: Literal["grid", "box"] = "grid"
-    """``grid``: k random cells of a g×g grid; ``box``: one rectangle of area ≈ r·HW at the same place."""
-    grid: int = 4
-    """Cells per side (4 on 32-px images gives 8-px cells)."""
-    patch_size: int | None = None
-    """Cell side in pixels; when set it overrides ``grid`` (g = round(H / patch_size))."""
-    ratio_dist: Literal["uniform", "fixed", "beta"] = "uniform"
-    """Distribution of the per-pair swap ratio r."""
-    ratio_low: float = 0.0
-    """``uniform``: lower bound; ``fixed``: the ratio."""
-    ratio_high: float = 1.0
-    """``uniform``: upper bound."""
-    beta_a: float = 1.0
-    """``beta``: first shape parameter."""
-    beta_b: float = 1.0
-    """``beta``: second shape parameter."""
-    k_min: int = 0
-    """Fewest cells swapped in a pair."""
-    k_max: int | None = None
-    """Most cells swapped in a pair (default g²)."""
-    mask_per: Literal["pair", "batch"] = "pair"
-    """``batch`` reuses the first pair's mask for every pair."""
-    p_swap: float = 1.0
-    """Probability that a pair is swapped at all."""
     kd_on_unswapped: bool = True
     """Distil pairs that were not swapped (two real same-class images) by the same rule."""
     teacher_rule: Literal["confidence", "symmetric", "always_a", "originals"] = "symmetric"
@@ -101,20 +76,31 @@ class IPSOptions:
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KD term over pairs."""
 
-    def __post_init__(self) -> None:
-        checks = [
-            (0.0 <= self.p_swap <= 1.0, "method.p_swap must be in [0, 1]"),
-            (0.0 <= self.ratio_low <= self.ratio_high <= 1.0, "method.ratio_low <= ratio_high must lie in [0, 1]"),
-            (self.grid >= 1 and (self.patch_size is None or self.patch_size >= 1), "grid/patch_size must be >= 1"),
-            (self.T > 0 and self.lambda_kd >= 0, "method.T must be > 0 and lambda_kd >= 0"),
-            (self.T_teacher is None or self.T_teacher > 0, "method.T_teacher must be > 0 (or null: T)"),
-            (self.k_min >= 0 and (self.k_max is None or self.k_max >= self.k_min), "need 0 <= k_min <= k_max"),
-            (self.partner_source == "sampler" or self.batch_counts == "anchors",
-             "method.batch_counts=images needs partner_source=sampler"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(),
+                (self.T > 0 and self.lambda_kd >= 0, "T must be > 0 and lambda_kd >= 0"),
+                (self.T_teacher is None or self.T_teacher > 0, "T_teacher must be > 0 (or null: T)"),
+                (self.partner_source == "sampler" or self.batch_counts == "anchors",
+                 "batch_counts=images needs partner_source=sampler")]
+
+    @property
+    def forwards_clean(self) -> bool:
+        """Whether the clean images join the swapped ones' forward: under CE, or as joint ``originals`` teachers."""
+        return self.ce_inputs == "swapped+original" or (
+            self.teacher_rule == "originals" and self.teacher_forward == "joint")
+
+    def shaped(self, z: Tensor) -> Tensor:
+        """Logits as the KD term reads them: fp32, z-scored per row with ``logit_standardize``."""
+        return standardize_logits(z) if self.logit_standardize else z.float()
+
+    def target(self, z: Tensor) -> Tensor:
+        """A teacher's target: its tempered probabilities at ``T_teacher``, detached with ``detach_teacher``."""
+        t = self.T if self.T_teacher is None else self.T_teacher
+        return F.softmax(self.shaped(z.detach() if self.detach_teacher else z) / t, dim=1)
+
+    def student_probs(self, z: Tensor) -> Tensor:
+        """A student's tempered probabilities at ``T``."""
+        return F.softmax(self.shaped(z) / self.T, dim=1)
 
 
 def confidence(logits: Tensor, y: Tensor, measure: str) -> Tensor:
@@ -132,6 +118,79 @@ def confidence(logits: Tensor, y: Tensor, measure: str) -> Tensor:
         return torch.xlogy(p, p).sum(1)  # neg_entropy
 
 
+# ------------------------------------------------------------------------------------------ teacher rules
+@dataclass
+class Pair:
+    """What a teacher rule reads: the two swapped views' logits, per pair whether view a is at least as confident
+    as b, the teacher's target function, and for ``originals`` the clean images' logits and the swapped areas."""
+
+    za: Tensor
+    zb: Tensor
+    a_first: Tensor
+    target: Callable[[Tensor], Tensor]
+    originals: tuple[Tensor, Tensor] | None = None
+    area: Tensor | None = None
+
+
+@dataclass
+class Teaching:
+    """A rule's answer: ``(target, student logits)`` per direction (one or two), per pair how much the anchor-side
+    view teaches, and ``(teacher logits, target, student logits)`` for :func:`view_diagnostics`."""
+
+    directions: list[tuple[Tensor, Tensor]]
+    a_teaches: Tensor
+    seen: tuple[Tensor, Tensor, Tensor]
+
+
+def one_teacher(pair: Pair, a_teaches: Tensor) -> Teaching:
+    """View a teaches b where ``a_teaches``, b teaches a elsewhere."""
+    zt = torch.where(a_teaches[:, None], pair.za, pair.zb)
+    zs = torch.where(a_teaches[:, None], pair.zb, pair.za)
+    p = pair.target(zt)
+    return Teaching([(p, zs)], a_teaches.float(), (zt, p, zs))
+
+
+def more_confident_teaches(pair: Pair) -> Teaching:
+    """``confidence``: the more confident view teaches (ties: a)."""
+    return one_teacher(pair, pair.a_first)
+
+
+def anchor_teaches(pair: Pair) -> Teaching:
+    """``always_a``: the anchor-side view teaches."""
+    return one_teacher(pair, torch.ones_like(pair.a_first))
+
+
+def each_teaches_the_other(pair: Pair) -> Teaching:
+    """``symmetric``: each view teaches the other; the diagnostics read the more confident view as the teacher."""
+    half = torch.full_like(pair.a_first, 0.5, dtype=torch.float32)
+    return Teaching([(pair.target(pair.za), pair.zb), (pair.target(pair.zb), pair.za)], half,
+                    more_confident_teaches(pair).seen)
+
+
+def originals_teach(pair: Pair) -> Teaching:
+    """``originals``: each swapped view is taught by the two clean images it is made of, their targets mixed by
+    the area each contributes."""
+    if pair.originals is None or pair.area is None:
+        raise ValueError("teacher_rule=originals needs the clean images' logits and the swapped areas")
+    r = pair.area.to(pair.za.device, torch.float32)[:, None]
+    pa, pb = pair.target(pair.originals[0]), pair.target(pair.originals[1])
+    ta, tb = (1 - r) * pa + r * pb, (1 - r) * pb + r * pa
+    return Teaching([(ta, pair.za), (tb, pair.zb)], torch.zeros_like(pair.a_first, dtype=torch.float32),
+                    (torch.cat(pair.originals), torch.cat([ta, tb]), torch.cat([pair.za, pair.zb])))
+
+
+TEACHER_RULES: dict[str, Callable[[Pair], Teaching]] = {
+    "confidence": more_confident_teaches, "symmetric": each_teaches_the_other, "always_a": anchor_teaches,
+    "originals": originals_teach}
+
+
+def kd_rows(target: Tensor, zs: Tensor, y: Tensor, opt: IPSOptions) -> Tensor:
+    """One direction's per-pair KD term; with ``kd_gate: teacher_correct``, zero where the target's argmax is not
+    the label."""
+    rows = kd_rows_from_probs(target, opt.shaped(zs), opt.T)
+    return rows * (target.argmax(1) == y).float() if opt.kd_gate == "teacher_correct" else rows
+
+
 def ips_kd(za: Tensor, zb: Tensor, y: Tensor, opt: IPSOptions, weight: Tensor | None = None,
            originals: tuple[Tensor, Tensor] | None = None, area: Tensor | None = None
            ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -146,46 +205,14 @@ def ips_kd(za: Tensor, zb: Tensor, y: Tensor, opt: IPSOptions, weight: Tensor | 
     keep = torch.ones_like(gap) if weight is None else weight.float()
     if opt.min_conf_gap > 0:
         keep = keep * (gap >= opt.min_conf_gap).float()
-    t_teacher = opt.T if opt.T_teacher is None else opt.T_teacher
-
-    def shape(z: Tensor) -> Tensor:
-        return standardize_logits(z) if opt.logit_standardize else z.float()
-
-    def target(z: Tensor) -> Tensor:  # the teacher's tempered probabilities
-        return F.softmax(shape(z.detach() if opt.detach_teacher else z) / t_teacher, dim=1)
-
-    def term(p: Tensor, zs: Tensor) -> Tensor:  # one direction's per-pair KD, gated
-        rows = kd_rows_from_probs(p, shape(zs), opt.T)
-        return rows * (p.argmax(1) == y).float() if opt.kd_gate == "teacher_correct" else rows
-
-    a_first = ca >= cb
-    if opt.teacher_rule in ("symmetric", "originals"):
-        if opt.teacher_rule == "symmetric":
-            directions = [(target(za), zb), (target(zb), za)]
-            a_teaches = torch.full_like(gap, 0.5)
-            by_conf = [torch.where(a_first[:, None], za, zb), torch.where(a_first[:, None], zb, za)]
-            seen = (by_conf[0], target(by_conf[0]), by_conf[1])
-        else:
-            if originals is None or area is None:
-                raise ValueError("teacher_rule=originals needs the clean images' logits and the swapped areas")
-            r = area.to(za.device, torch.float32)[:, None]
-            pa, pb = target(originals[0]), target(originals[1])
-            directions = [((1 - r) * pa + r * pb, za), ((1 - r) * pb + r * pa, zb)]
-            a_teaches = torch.zeros_like(gap)
-            seen = (torch.cat(originals), torch.cat([directions[0][0], directions[1][0]]), torch.cat([za, zb]))
-        rows = term(*directions[0]) + term(*directions[1])
+    teaching = TEACHER_RULES[opt.teacher_rule](Pair(za, zb, ca >= cb, opt.target, originals, area))
+    rows = kd_rows(*teaching.directions[0], y, opt)
+    if len(teaching.directions) == 2:  # both views taught: the two directions' mean or sum
+        rows = rows + kd_rows(*teaching.directions[1], y, opt)
         rows = rows / 2 if opt.symmetric_reduce == "mean" else rows
-    else:
-        a_teaches = a_first if opt.teacher_rule == "confidence" else torch.ones_like(gap, dtype=torch.bool)
-        zt = torch.where(a_teaches[:, None], za, zb)
-        zs = torch.where(a_teaches[:, None], zb, za)
-        p = target(zt)
-        rows = term(p, zs)
-        a_teaches = a_teaches.float()
-        seen = (zt, p, zs)
     kd = reduce_rows(rows * keep, opt.kl_reduction, za.shape[1])
-    stats = {"a_teaches": a_teaches.mean(), "conf_gap": gap.mean(), "kd_pairs": keep.mean(),
-             **view_diagnostics(*seen, y, lambda z: F.softmax(shape(z) / opt.T, dim=1))}
+    stats = {"a_teaches": teaching.a_teaches.mean(), "conf_gap": gap.mean(), "kd_pairs": keep.mean(),
+             **view_diagnostics(*teaching.seen, y, opt.student_probs)}
     return kd, stats
 
 
@@ -203,6 +230,7 @@ def view_diagnostics(t_logits: Tensor, t_probs: Tensor, s_logits: Tensor, y: Ten
                 "teacher_wrong": (t_probs.argmax(1) != labels).float().mean()}
 
 
+# ------------------------------------------------------------------------------------------ the method
 def inbatch_pairs(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Pair same-class rows of a batch: shuffle each class's rows and pair neighbours.
 
@@ -221,6 +249,10 @@ def inbatch_pairs(y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor
     has_next[:-1] = ys[1:] == ys[:-1]
     first = even & has_next
     return order[first], order[first.nonzero().flatten() + 1], order[even & ~has_next]
+
+
+Groups = dict[str, tuple[Tensor, Tensor]]  # group name → (images, labels)
+CLEAN = ("clean_a", "clean_b")  # the pairs' unswapped images: forwarded with ``forwards_clean`` only
 
 
 @register_method("ips")
@@ -247,37 +279,39 @@ class IntraClassPatchSwap(Method):
     def cost(cls, options: IPSOptions) -> float:
         base = 2.0 if options.partner_source == "sampler" else 1.0
         scale = 0.5 if options.batch_counts == "images" else 1.0
-        originals_trained = options.ce_inputs == "swapped+original" or (
-            options.teacher_rule == "originals" and options.teacher_forward == "joint")
-        return base * scale * (2 if originals_trained else 1)
+        return base * scale * (2 if options.forwards_clean else 1)
 
     def kd_weight(self, epoch: int) -> float:
         """λ(e) with the optional linear warm-up."""
         w = self.opt.kd_warmup_epochs
         return self.opt.lambda_kd * (min(1.0, (epoch - 1) / w) if w > 0 else 1.0)
 
-    def masks(self, gen: torch.Generator, n_global: int, rows: slice, height: int, width: int,
-              device: torch.device) -> tuple[Tensor, Tensor]:
-        """Pixel masks ``(n, 1, H, W)`` (true = from the partner) and swap flags for this rank's pairs ``rows``,
-        drawn from ``gen`` for all ``n_global`` pairs of the step."""
+    def groups(self, batch: Batch, gen: torch.Generator) -> tuple[Groups, Tensor, Tensor]:
+        """The step's images by group — the pairs' two swapped views, the rows left without a partner (``lone``),
+        the pairs' clean images — and the pairs' masks and swap flags, all drawn from ``gen``."""
         o = self.opt
-        ratios = draw_ratios(n_global, o.ratio_dist, o.ratio_low, o.ratio_high, o.beta_a, o.beta_b, gen)
-        if o.layout == "grid":
-            g = o.grid if o.patch_size is None else max(1, round(height / o.patch_size))
-            cells = sample_cells(cell_counts(ratios, g, o.k_min, o.k_max), g, gen)
-            mask = cells_to_mask(cells, height, width)
+        h, w = batch.x.shape[-2:]
+        if o.partner_source == "sampler":
+            xa, xb, y = batch.x, batch.partner.x, batch.y
+            lone = (batch.x[:0], batch.y[:0])
+            n_global = batch.global_size if batch.global_size > 0 else len(y)
+            mask, swapped = o.masks(gen, n_global, batch.rows, h, w, batch.x.device)
         else:
-            mask = box_mask(ratios, height, width, gen)
-        if o.mask_per == "batch":
-            mask = mask[:1].expand_as(mask)
-        swapped = torch.rand(n_global, generator=gen) < o.p_swap
-        mask = mask & swapped[:, None, None, None]
-        return mask[rows].to(device), swapped[rows].to(device)
+            ia, ib, alone = inbatch_pairs(batch.y, gen)
+            if o.inbatch_fallback == "self":
+                ia, ib, alone = torch.cat([ia, alone]), torch.cat([ib, alone]), alone[:0]
+            xa, xb, y = batch.x[ia], batch.x[ib], batch.y[ia]
+            lone = (batch.x[alone], batch.y[alone])
+            mask, swapped = o.masks(gen, len(y), slice(None), h, w, batch.x.device)
+        xa_s, xb_s = swap_with_mask(xa, xb, mask)
+        return ({"swapped_a": (xa_s, y), "swapped_b": (xb_s, y), "lone": lone, "clean_a": (xa, y), "clean_b": (xb, y)},
+                mask, swapped)
 
-    def _forward(self, model: nn.Module, groups: list[Tensor]) -> list[Tensor]:
+    def _forward(self, model: nn.Module, images: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.opt.forward == "joint":
-            return list(model(torch.cat(groups)).split([len(g) for g in groups]))
-        return [model(g) for g in groups]
+            logits = model(torch.cat(list(images.values()))).split([len(x) for x in images.values()])
+            return dict(zip(images, logits, strict=True))
+        return {name: model(x) for name, x in images.items()}
 
     def _ce(self, logits: list[Tensor], targets: list[Tensor]) -> Tensor:
         terms = [cross_entropy(z, t) for z, t in zip(logits, targets, strict=True) if len(t)]
@@ -290,40 +324,23 @@ class IntraClassPatchSwap(Method):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
-        h, w = batch.x.shape[-2:]
-        gen = batch.generator()  # one stream per step for pairing and masks
-        if o.partner_source == "sampler":
-            xa, xb, y = batch.x, batch.partner.x, batch.y
-            extra_x, extra_y = batch.x[:0], batch.y[:0]
-            n_global = batch.global_size if batch.global_size > 0 else len(y)
-            mask, swapped = self.masks(gen, n_global, batch.rows, h, w, batch.x.device)
-        else:
-            ia, ib, lone = inbatch_pairs(batch.y, gen)
-            if o.inbatch_fallback == "self":
-                ia, ib, lone = torch.cat([ia, lone]), torch.cat([ib, lone]), lone[:0]
-            xa, xb, y = batch.x[ia], batch.x[ib], batch.y[ia]
-            extra_x, extra_y = batch.x[lone], batch.y[lone]
-            mask, swapped = self.masks(gen, len(y), slice(None), h, w, batch.x.device)
-        xa_s, xb_s = swap_with_mask(xa, xb, mask)
-        clean = o.teacher_rule == "originals"
-        with_originals = o.ce_inputs == "swapped+original" or (clean and o.teacher_forward == "joint")
-        groups, targets = [xa_s, xb_s, extra_x], [y, y, extra_y]
-        if with_originals:
-            groups, targets = [*groups, xa, xb], [*targets, y, y]
-        logits = self._forward(model, groups)  # swapped a, swapped b, lone rows[, clean a, clean b]
+        groups, mask, swapped = self.groups(batch, batch.generator())  # one stream per step: pairs and masks
+        y = groups["swapped_a"][1]
+        z = self._forward(model, {g: x for g, (x, _) in groups.items() if g not in CLEAN or o.forwards_clean})
         originals = None
-        if clean and with_originals:
-            originals = (logits[3].detach(), logits[4].detach())
-        elif clean:
+        if o.teacher_rule == "originals" and o.forwards_clean:
+            originals = (z["clean_a"].detach(), z["clean_b"].detach())
+        elif o.teacher_rule == "originals":
             with torch.no_grad():
-                originals = tuple(model(torch.cat([xa, xb])).split(len(y)))
-        za, zb = logits[0], logits[1]
-        weight = None if o.kd_on_unswapped else swapped
-        area = mask.float().mean((1, 2, 3)) if clean else None
-        kd, stats = ips_kd(za, zb, y, o, weight, originals, area)
+                originals = tuple(model(torch.cat([groups[g][0] for g in CLEAN])).split(len(y)))
+        area = mask.float().mean((1, 2, 3)) if originals is not None else None
+        kd, stats = ips_kd(z["swapped_a"], z["swapped_b"], y, o, None if o.kd_on_unswapped else swapped,
+                           originals, area)
         stats["swap_frac"] = mask.float().mean() if len(mask) else torch.zeros((), device=batch.x.device)
         stats["kd_raw"] = kd.detach()
-        n_ce = 5 if o.ce_inputs == "swapped+original" else 3
-        losses = {"ce": self._ce(logits[:n_ce], targets[:n_ce]), "kd": self.kd_weight(epoch) * kd}
-        return StepOutput(losses, torch.cat(logits[:3]), torch.cat(targets[:3]),
+        under_ce = [g for g in z if g not in CLEAN or o.ce_inputs == "swapped+original"]
+        losses = {"ce": self._ce([z[g] for g in under_ce], [groups[g][1] for g in under_ce]),
+                  "kd": self.kd_weight(epoch) * kd}
+        seen = [g for g in z if g not in CLEAN]  # the training accuracy reads the swapped views and lone rows
+        return StepOutput(losses, torch.cat([z[g] for g in seen]), torch.cat([groups[g][1] for g in seen]),
                           {k: v.detach() for k, v in stats.items()})

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...batch import Batch, DataRequirements
-from ...config import ConfigError
 from ...methods.base import Method, NoOptions, StepOutput, register_method
+from ...patch_swap import SwapOptions
 from ...registry import Registry
 from .ops import box_swap
 
@@ -123,20 +123,17 @@ def pair_generator(batch: Batch, row: int, salt: int = 0) -> torch.Generator:
 
 
 @dataclass
-class DetIPSOptions:
+class DetIPSOptions(SwapOptions):
     """Detection IPS options (docs/tasks.md, detection)."""
 
-    box_policy: Literal["object_preserving", "background_only", "free"] = "object_preserving"
-    """``object_preserving``: whole units of cells linked by a box (no box is cut); ``background_only``: only
-    cells touching no box; ``free``: any cells, cut boxes become the box of their visible part."""
+    # the swap's grid and ratio (SwapOptions), described as they act on the pair's common canvas
     grid: int = 8
     """Cells per side of the grid laid over the pair's common canvas."""
     ratio_low: float = 0.0
     """Lower bound of the uniform per-pair swap ratio (``k = round(ratio·grid²)`` cells)."""
-    ratio_high: float = 1.0
-    """Upper bound of the uniform per-pair swap ratio."""
-    p_swap: float = 1.0
-    """Probability that a pair is swapped at all."""
+    box_policy: Literal["object_preserving", "background_only", "free"] = "object_preserving"
+    """``object_preserving``: whole units of cells linked by a box (no box is cut); ``background_only``: only
+    cells touching no box; ``free``: any cells, cut boxes become the box of their visible part."""
     k_max: int | None = None
     """``object_preserving``: a unit that would take the swap past this many cells is skipped (``None``: grid²)."""
     min_visible: float = 0.5
@@ -155,11 +152,9 @@ class DetIPSOptions:
     """Sigmoid heads (RetinaNet, FCOS): per-class Bernoulli KL summed over classes, or a softmax over the K class
     logits. Softmax heads (Faster R-CNN) always use the K + 1-way distribution."""
 
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.ratio_low <= self.ratio_high <= 1.0 and 0.0 <= self.p_swap <= 1.0):
-            raise ConfigError("method: need 0 <= ratio_low <= ratio_high <= 1 and p_swap in [0, 1]")
-        if self.grid < 1 or self.T <= 0 or self.lambda_kd < 0 or not 0.0 <= self.min_visible <= 1.0:
-            raise ConfigError("method: need grid >= 1, T > 0, lambda_kd >= 0 and min_visible in [0, 1]")
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (self.T > 0 and self.lambda_kd >= 0 and 0.0 <= self.min_visible <= 1.0,
+                                    "need T > 0, lambda_kd >= 0 and min_visible in [0, 1]")]
 
 
 @register_method("ips", DET_METHODS)

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...batch import Batch, DataRequirements
-from ...config import ConfigError
 from ...engine.distributed import global_mean
 from ...methods.base import Method, NoOptions, StepOutput, register_method
-from ...patch_swap import grid_swap_mask, swap_with_mask
+from ...patch_swap import SwapOptions, swap_with_mask
 from ...registry import Registry
 from .ops import _upsample, class_region_loss, pixel_agree_loss, pixel_kd_loss
 
@@ -57,7 +56,7 @@ class SegCrossEntropy(Method):
 
 
 @dataclass
-class DenseIPSOptions:
+class DenseIPSOptions(SwapOptions):
     """Dense IPS options (docs/tasks.md, segmentation)."""
 
     dense_kd: Literal["pixel_agree", "class_region", "context", "originals"] = "pixel_agree"
@@ -66,14 +65,6 @@ class DenseIPSOptions:
     predictions are distilled, the more confident teaching (4 images per pair); ``originals``: each swapped image's
     pixel is taught by the same pixel of the clean image it comes from (a forward of the clean images without
     gradient)."""
-    grid: int = 8
-    """Cells per side of the swap grid (8 on 512-px crops gives 64-px cells)."""
-    ratio_low: float = 0.0
-    """Lower bound of the uniform per-pair swap ratio."""
-    ratio_high: float = 1.0
-    """Upper bound of the uniform per-pair swap ratio."""
-    p_swap: float = 1.0
-    """Probability that a pair is swapped at all."""
     T: float = 4.0
     """Distillation temperature."""
     lambda_kd: float = 0.01
@@ -87,11 +78,9 @@ class DenseIPSOptions:
     4 images per pair; CE is the mean of the four maps' pixel CE). ``originals`` then takes its teacher from that
     forward, detached."""
 
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.ratio_low <= self.ratio_high <= 1.0 and 0.0 <= self.p_swap <= 1.0):
-            raise ConfigError("method: need 0 <= ratio_low <= ratio_high <= 1 and p_swap in [0, 1]")
-        if self.grid < 1 or self.T <= 0 or self.lambda_kd < 0 or self.border_margin < 0:
-            raise ConfigError("method: need grid >= 1, T > 0, lambda_kd >= 0 and border_margin >= 0")
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (self.T > 0 and self.lambda_kd >= 0 and self.border_margin >= 0,
+                                    "need T > 0, lambda_kd >= 0 and border_margin >= 0")]
 
 
 @register_method("ips", SEG_METHODS)
@@ -118,8 +107,7 @@ class DenseIPS(Method):
         if b is None:
             raise RuntimeError("dense IPS needs the class-presence pair sampler (data requirement 'pair')")
         n, _, h, w = a.x.shape
-        mask = grid_swap_mask(batch.global_size, h, w, o.grid, (o.ratio_low, o.ratio_high), o.p_swap,
-                              batch.generator())[batch.rows].to(a.x.device)
+        mask, _ = o.masks(batch.generator(), batch.global_size, batch.rows, h, w, a.x.device)
         xa, xb = swap_with_mask(a.x, b.x, mask)
         ya, yb = swap_with_mask(a.y, b.y, mask[:, 0])
         with_originals = o.dense_kd == "context" or o.ce_inputs == "swapped+original"
