@@ -130,18 +130,27 @@ def test_every_variant_draws_the_same_swap_from_the_same_keys():
     assert not draws[0][0][~draws[0][1]].any() and draws[0][0][draws[0][1]].any()  # unswapped pairs: empty masks
 
 
+TASK_DATA = {"classification": {"data": {"name": "cifar10"}, "model": {"name": "resnet8"}},
+             "segmentation": {"data": {"name": "camvid"}, "model": {"name": "lraspp_mobilenet_v3_large"}},
+             "detection": {"data": {"name": "pennfudan"}, "model": {"name": "fasterrcnn_mobilenet_v3_large_fpn"}}}
+
+
 @pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
 def test_swap_keys_are_flat_and_checked_in_every_task(task):
     for cls in (IPSOptions, DenseIPSOptions, DetIPSOptions):
         assert issubclass(cls, SwapOptions)
-    method = resolve_config({"task": task, "method": {"name": "ips", "grid": 2, "p_swap": 0.5}}).method
+
+    def resolve(**options):
+        return resolve_config({"task": task, **TASK_DATA[task], "method": {"name": "ips", **options}})
+
+    method = resolve(grid=2, p_swap=0.5).method
     assert method["grid"] == 2 and method["p_swap"] == 0.5
     for bad in ({"p_swap": 1.5}, {"ratio_low": 0.8, "ratio_high": 0.2}, {"grid": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            resolve_config({"task": task, "method": {"name": "ips", **bad}})
+            resolve(**bad)
     if task != "classification":  # the dense variants keep the finer knobs of the draw fixed
         with pytest.raises(ConfigError, match=r"unknown config key 'method\.layout'"):
-            resolve_config({"task": task, "method": {"name": "ips", "layout": "box"}})
+            resolve(layout="box")
 
 
 # ------------------------------------------------------------------------------------------- the loss
