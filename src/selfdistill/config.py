@@ -254,6 +254,14 @@ class TrainConfig:
     """Progress bar: ``auto`` (only on a terminal), ``true``/``on`` or ``false``/``off``."""
     tensorboard: bool = True
     """Write TensorBoard events to ``<run>/tb``."""
+    loggers: list[Literal["wandb", "mlflow"]] = field(default_factory=list)
+    """Experiment trackers that also get the config and the per-epoch scalars of ``metrics.csv`` (epoch as step),
+    from the main rank: ``wandb`` (``pip install 'selfdistill[wandb]'``; ``WANDB_MODE=offline`` works without an
+    account) and ``mlflow`` (``pip install 'selfdistill[mlflow]'``; ``MLFLOW_TRACKING_URI`` says where). A resumed
+    run starts a new tracker run that first gets the epochs already done."""
+    tracker_project: str | None = limited(None, nonempty=True)
+    """W&B project and MLflow experiment of ``loggers`` (default: the name of the ``out`` folder); the tracker run is
+    named after the run directory."""
     deterministic: bool = False
     """Ask torch for deterministic kernels (warns where none exists)."""
     threads: int = limited(0, low=0)

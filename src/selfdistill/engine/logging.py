@@ -1,5 +1,6 @@
-"""Run logs: ``metrics.csv`` (one row per epoch, rewritten from the checkpointed history), TensorBoard events and
-a console progress bar."""
+"""Run logs: ``metrics.csv`` (one row per epoch, rewritten from the checkpointed history), the common interface of
+the per-epoch scalar logs (TensorBoard events here, experiment trackers in :mod:`.trackers`) and a console progress
+bar."""
 
 from __future__ import annotations
 
@@ -25,31 +26,45 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-class TensorBoardLog:
-    """Scalars to TensorBoard (silently off when tensorboard is not installed)."""
+class ScalarLog:
+    """Where per-epoch scalars go: :meth:`scalars` after each epoch, :meth:`close` once at the end. As a context
+    manager it closes on exit, telling :meth:`close` whether training finished (no exception)."""
 
-    def __init__(self, folder: Path, enabled: bool) -> None:
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                return
-            self.writer = SummaryWriter(str(folder))
+    def scalars(self, values: dict[str, Any], step: int) -> None:
+        """Log every finite number in ``values`` at ``step``."""
+        finite = {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
+        if finite:
+            self._write(finite, step)
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        """Log every finite float in ``values``."""
-        if self.writer is None:
-            return
+    def _write(self, values: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def close(self, finished: bool = True) -> None:
+        """End the log; ``finished`` is false when training stopped early (an exception or a stop signal)."""
+
+    def __enter__(self) -> ScalarLog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(finished=exc_type is None)
+
+
+class TensorBoardLog(ScalarLog):
+    """Scalars to TensorBoard event files in ``folder`` (``train_loss`` is written as ``train/loss``)."""
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def _write(self, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
-            if isinstance(v, int | float) and math.isfinite(v):
-                self.writer.add_scalar(k.replace("_", "/", 1), v, step)
+            self.writer.add_scalar(k.replace("_", "/", 1), v, step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         """Close the event file."""
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
 
 
 def progress_bar(total: int, initial: int, desc: str, mode: bool | str, enabled: bool) -> tqdm:

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import RunConfig, save_yaml, to_dict
 from ..engine.distributed import is_main_process
 from ..engine.summary import RunSummary
+from ..engine.trackers import require_trackers
 from ..tasks import get_task
 from .evaluation import score_ensemble
 from .resolve import resolve_config
@@ -26,6 +27,7 @@ def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] 
     the run's; finished stages are skipped on ``resume`` and the interrupted one continues where it stopped.
     """
     cfg = resolve_config(config, overrides, plugins)
+    require_trackers(cfg.train.loggers)  # a missing tracker package fails before any folder or data is touched
     method_cls, opts = get_task(cfg.task).method_options(cfg.method)
     stages = method_cls.stages(opts, cfg)
     if not stages:

@@ -14,8 +14,9 @@ CHECKPOINT = "last.pt"
 
 # keys that may differ between a run's saved config and the one it is resumed with
 RESUMABLE_CHANGES = ("plugins", "train.epochs", "train.progress", "train.log_every", "train.tensorboard",
-                     "train.threads", "train.grad_norm_every", "train.stop_signals", "data.root", "data.cache_dir",
-                     "data.num_workers", "data.download", "out", "name")
+                     "train.loggers", "train.tracker_project", "train.threads", "train.grad_norm_every",
+                     "train.stop_signals", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out",
+                     "name")
 
 
 class RunExistsError(FileExistsError):

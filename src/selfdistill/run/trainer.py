@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from torch import nn
 from ..config import ConfigError, RunConfig, save_yaml, to_dict
 from ..engine.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ..engine.distributed import DistInfo, all_reduce_sum, init_distributed, sync_batchnorm, unwrap, wrap_ddp
-from ..engine.logging import TensorBoardLog, format_epoch, progress_bar, write_csv
+from ..engine.logging import ScalarLog, TensorBoardLog, format_epoch, progress_bar, write_csv
 from ..engine.optim import ModelEMA, build_optimizer, build_scheduler, non_finite_error, term_grad_norms
 from ..engine.preemption import StopSignals, TrainingStopped, signal_name
 from ..engine.summary import RunSummary, metric_results, run_environment
+from ..engine.trackers import open_tracker
 from ..methods import MethodContext
 from ..tasks import get_task
 from .evaluation import evaluate_split, without_count
@@ -182,26 +183,40 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(to_dict(cfg), self.run_dir / "config.yaml")
         self.teacher_metrics = self._evaluate_teachers()
-        tb = TensorBoardLog(self.run_dir / "tb", cfg.train.tensorboard and self.dist.is_main)
         val = f", {len(self.data.val)} val" if self.data.val is not None else ""
         self.log(f"run {self.run_dir}: {cfg.method['name']} on {cfg.data.name} ({len(self.data.train)} train{val}, "
                  f"{len(self.data.test)} test), {cfg.model.name}, {cfg.train.epochs} epochs × {self.steps_per_epoch} "
                  f"steps, device {self.device}")
-        try:
+        with contextlib.ExitStack() as stack:  # every log is closed, also when training stops early
+            logs = [stack.enter_context(log) for log in self._scalar_logs()]
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 row = self._train_epoch(epoch, start_step if epoch == start_epoch else 0, acc, epoch_time)
                 acc, epoch_time = {}, 0.0
                 self._save(epoch, 0, {}, 0.0)  # first the checkpoint: the logs derive from its history
                 if self.dist.is_main:
                     write_csv(self.history, self.run_dir / "metrics.csv")
-                tb.scalars(row, epoch)
-        finally:
-            tb.close()
+                for log in logs:
+                    log.scalars(row, epoch)
         fit = self._evaluate(self.model, self.data.train).compute() if cfg.train.eval_train else {}
         summary = self._summary(without_count(fit))
         if self.dist.is_main:
             summary.save(self.run_dir / "summary.json")
         return summary
+
+    def _scalar_logs(self) -> Iterator[ScalarLog]:
+        """The main rank's per-epoch scalar logs, opened one by one: TensorBoard (``train.tensorboard``) and the
+        trackers of ``train.loggers``, which first get the epochs a resumed run has already done."""
+        if not self.dist.is_main:
+            return
+        train = self.cfg.train
+        if train.tensorboard:
+            yield TensorBoardLog(self.run_dir / "tb")
+        project = train.tracker_project or Path(self.cfg.out).resolve().name
+        for name in train.loggers:
+            tracker = open_tracker(name, project, self.cfg.run_name(), to_dict(self.cfg))
+            for row in self.history:
+                tracker.scalars(row, int(row["epoch"]))
+            yield tracker
 
     def _train_epoch(self, epoch: int, start_step: int, acc: dict[str, torch.Tensor],
                      epoch_time: float) -> dict[str, float]:
