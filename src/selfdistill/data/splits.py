@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import torch
@@ -9,6 +10,26 @@ from torch import Tensor
 
 from ..config import DataConfig
 from .errors import DataError
+
+
+@dataclass
+class Split:
+    """One split: uint8 images ``(N, C, H, W)`` held in memory, or image files to stream."""
+
+    labels: Tensor
+    images: Tensor | None = None
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def subset(self, idx: Tensor) -> Split:
+        """The split restricted to ``idx``."""
+        return Split(
+            self.labels[idx],
+            None if self.images is None else self.images[idx],
+            None if self.files is None else [self.files[i] for i in idx.tolist()],
+        )
 
 
 def balanced_take(labels: Tensor, per_class: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:

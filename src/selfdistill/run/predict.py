@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError
 from ..data import DataError
-from ..data.sources import IMG_EXTENSIONS
+from ..data.folder_cache import IMG_EXTENSIONS
 from ..engine.logging import progress_bar
 
 
