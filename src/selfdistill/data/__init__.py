@@ -1,7 +1,8 @@
 """Datasets, splits, samplers and on-device batched augmentation."""
 
 from ..batch import Batch, DataRequirements
-from .loader import DataModule, TrainLoader
+from .loader import DataModule
+from .memory import TrainLoader
 from .samplers import IndexBatch, PairSampler, ShuffleSampler
 from .sources import DATASETS, DataError, RawData, Split, list_datasets, register_dataset
 from .splits import make_splits
