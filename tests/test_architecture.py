@@ -23,12 +23,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
-    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:``."""
+def _runtime_imports(tree: ast.Module, type_checking: bool = False) -> list[ast.ImportFrom | ast.Import]:
+    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:`` (included with
+    ``type_checking``)."""
     found: list[ast.ImportFrom | ast.Import] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        if (not type_checking and isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
             for child in node.orelse:
                 visit(child)
             return
@@ -41,14 +43,15 @@ def _runtime_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the package's modules it imports (``from . import x`` counts as importing ``x``)."""
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
+    """Module → the package's modules it imports (``from . import x`` counts as importing ``x``); with
+    ``type_checking``, imports under ``if TYPE_CHECKING:`` count too."""
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         is_package = path.name == "__init__.py"
         deps: set[str] = set()
-        for node in _runtime_imports(ast.parse(path.read_text())):
+        for node in _runtime_imports(ast.parse(path.read_text()), type_checking):
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in paths}
                 continue
@@ -115,6 +118,14 @@ def test_the_checker_sees_cycles_and_function_level_imports():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     tree = ast.parse("import os\ndef f():\n    from . import x\nif TYPE_CHECKING:\n    from . import y\n")
     assert [type(n).__name__ for n in _runtime_imports(tree)] == ["Import", "ImportFrom"]
+    assert [type(n).__name__ for n in _runtime_imports(tree, type_checking=True)] == ["Import", "ImportFrom",
+                                                                                       "ImportFrom"]
+
+
+def test_the_data_package_has_no_cycle_even_through_type_checking_imports():
+    graph = import_graph(type_checking=True)
+    data = {m: {d for d in deps if _under(d, "data")} for m, deps in graph.items() if _under(m, "data")}
+    assert cycles(data) == [], "import cycles in selfdistill.data (annotation-only imports included)"
 
 
 def test_engine_imports_no_method_task_or_orchestration():
