@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -46,3 +46,19 @@ class Backend(Protocol):
     def eval_batches(self, split: Split, ranges: list[tuple[int, int]]) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised, un-augmented ``(x, y)`` batches of ``split``, one per ``[start, stop)`` of ``ranges``."""
         ...
+
+
+class EpochPlanLoader:
+    """The part both backends' train loaders share: a split, the sampler whose plan gives each epoch's steps, the
+    named augmentation pipelines and the seed; a backend adds :meth:`iterate`."""
+
+    def __init__(self, backend: Any, split: Split, sampler: ShuffleSampler, views: tuple[str, ...],
+                 seed: int) -> None:
+        self.backend = backend
+        self.split = split
+        self.sampler = sampler
+        self.views = views
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.sampler)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..batch import Batch, MultiCrop
 from ..config import DataConfig
-from .interface import Placement
+from .interface import EpochPlanLoader, Placement
 from .multicrop import resized_crops, sample_crops
 from .samplers import ShuffleSampler, assemble_batch, step_seed
 from .splits import Split
@@ -51,20 +51,15 @@ def _multicrop_view(imgs: Tensor, sl: slice, params, size: int) -> Tensor:
     return resized_crops(imgs, params[sl], size)
 
 
-class TrainLoader:
+class TrainLoader(EpochPlanLoader):
     """Iterates one epoch's batches from any step, deterministically from ``(seed, epoch, step)``."""
+
+    backend: MemoryBackend
 
     def __init__(self, backend: MemoryBackend, split: Split, sampler: ShuffleSampler, views: tuple[str, ...],
                  seed: int, multicrop: MultiCrop | None = None) -> None:
-        self.backend = backend
-        self.split = split
+        super().__init__(backend, split, sampler, views, seed)
         self.multicrop = multicrop
-        self.sampler = sampler
-        self.views = views
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield this rank's batches of ``epoch`` from ``start_step`` on."""

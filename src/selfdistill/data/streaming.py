@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..batch import Batch, MultiCrop
 from ..config import ConfigError, DataConfig
 from .errors import DataError
-from .interface import Placement
+from .interface import EpochPlanLoader, Placement
 from .samplers import ShuffleSampler, rank_slice, step_seed
 from .splits import Split
 
@@ -106,20 +106,11 @@ class StreamBackend:
             yield x[:, 0], y, idx
 
 
-class StreamTrainLoader:
+class StreamTrainLoader(EpochPlanLoader):
     """Iterates one streamed epoch's batches from any step; the plan, and so which images each step holds, is
     deterministic from ``(seed, epoch)``, the workers' augmentation from ``(seed, epoch)`` and the start step."""
 
-    def __init__(self, backend: StreamBackend, split: Split, sampler: ShuffleSampler, views: tuple[str, ...],
-                 seed: int) -> None:
-        self.backend = backend
-        self.split = split
-        self.sampler = sampler
-        self.views = views
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.sampler)
+    backend: StreamBackend
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This rank's batches of ``epoch`` from ``start_step`` on; pairs are fetched as one index list and split
