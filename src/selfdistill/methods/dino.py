@@ -264,28 +264,33 @@ class DINO(Method):
         self.teacher.update(nn.ModuleDict({"backbone": unwrap(model), "head": self.head}))
         self.step += 1
 
+    @staticmethod
+    def _over_split(data: Any, split: Any, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn`` of the split's standardised images, batch by batch in order (the whole split on every rank: the
+        k-NN bank must be complete), concatenated."""
+        bs = data.cfg.eval_batch_size
+        return torch.cat([fn(data._prepare(split.images[s:s + bs])) for s in range(0, len(split), bs)])
+
     @torch.no_grad()
     def _features(self, backbone: nn.Module, key: str, data: Any, split: Any) -> Tensor:
+        def features(x: Tensor) -> Tensor:
+            backbone(x)
+            return self.feats[key].float()
+
         was = backbone.training
         backbone.eval()
-        out = []
-        bs = data.cfg.eval_batch_size
-        for s in range(0, len(split), bs):  # the whole split on every rank (the bank must be complete)
-            backbone(data._prepare(split.images[s:s + bs]))
-            out.append(self.feats[key].float())
+        out = self._over_split(data, split, features)
         backbone.train(was)
-        return torch.cat(out)
+        return out
 
-    @staticmethod
-    def _pixels(data: Any, split: Any) -> Tensor:
+    @classmethod
+    def _pixels(cls, data: Any, split: Any) -> Tensor:
         """The split's standardised images, area-averaged to at most ``PIXEL_SIDE`` px a side, flattened."""
-        out = []
-        bs = data.cfg.eval_batch_size
-        for s in range(0, len(split), bs):
-            x = data._prepare(split.images[s:s + bs]).float()
-            x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], PIXEL_SIDE), min(x.shape[-1], PIXEL_SIDE)))
-            out.append(x.flatten(1))
-        return torch.cat(out)
+        def pixels(x: Tensor) -> Tensor:
+            x = x.float()
+            return F.adaptive_avg_pool2d(x, (min(x.shape[-2], PIXEL_SIDE), min(x.shape[-1], PIXEL_SIDE))).flatten(1)
+
+        return cls._over_split(data, split, pixels)
 
     def _score(self, who: str, features: Callable[[Any], Tensor], data: Any, probe: bool) -> dict[str, float]:
         """k-NN (and with ``probe`` the linear probe) top-1 of ``features`` on test and, if held out, validation."""
