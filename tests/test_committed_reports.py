@@ -1,6 +1,7 @@
 """Every committed report (outside ``archive/`` folders) re-derives from its committed run folders: its header's
 ``selfdistill report`` command, run again with ``--out`` a temporary folder, writes the same ``report.md`` and
-``runs.csv`` byte for byte (figures are not compared), and the regime table likewise."""
+``runs.csv`` byte for byte (figures are not compared), and the regime table likewise; so do the generated blocks of
+``docs/results.md`` (every report's tables) and ``README.md`` (the headline table) from ``benchmarks/results.yaml``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import io
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,22 @@ def test_regime_table_re_derives(tmp_path, monkeypatch):
     # the table quotes its own command, --out included: put the committed folder back before comparing
     written = written.replace(f"--out {shlex.quote(str(tmp_path))}", f"--out {shlex.quote(committed_out)}")
     assert written == path.read_text()
+
+
+def test_results_doc_and_readme_headline_re_derive(tmp_path, monkeypatch):
+    """`selfdistill report --results benchmarks/results.yaml --readme docs/results.md --headline README.md`, run on
+    copies of both files placed as in the repository (the benchmarks linked in, so links come out the same), leaves
+    them unchanged."""
+    (tmp_path / "docs").mkdir()
+    targets = ["docs/results.md", "README.md"]
+    for name in targets:
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "benchmarks").symlink_to(BENCHMARKS, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", "--results", "benchmarks/results.yaml", "--readme", targets[0],
+                     "--headline", targets[1]]) == 0
+    for name in targets:
+        assert (tmp_path / name).read_text() == (REPO / name).read_text(), (
+            f"{name}'s generated block differs from what benchmarks/results.yaml gives now: run `selfdistill report "
+            "--results benchmarks/results.yaml --readme docs/results.md --headline README.md` from the repository root")

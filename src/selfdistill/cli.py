@@ -166,16 +166,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .bench import write_report
-    from .bench.report import results_sections, update_readme
+    from .bench.report import headline_sections, results_sections, update_headline, update_readme
 
     if args.results:
-        if not args.readme:
-            raise ConfigError("--results needs --readme (the README whose results block it writes)")
-        update_readme(args.readme, results_sections(args.results))
-        print(f"results block of {args.readme} written from {args.results}")
+        if not (args.readme or args.headline):
+            raise ConfigError("--results needs --readme (the file whose results block it writes) or --headline (the "
+                              "file whose headline block it writes), or both")
+        if args.readme:
+            update_readme(args.readme, results_sections(args.results))
+            print(f"results block of {args.readme} written from {args.results}")
+        if args.headline:
+            update_headline(args.headline, headline_sections(args.results), args.readme)
+            print(f"headline block of {args.headline} written from {args.results}")
         return 0
+    if args.headline:
+        raise ConfigError("--headline needs --results (the manifest whose entries' 'headline' pick the rows)")
     if not args.runs_dir:
-        raise ConfigError("name the run folders to report (or --results with --readme)")
+        raise ConfigError("name the run folders to report (or --results with --readme or --headline)")
     if args.relabel and not args.compare:
         raise ConfigError("--relabel renames labels in a --compare table; add --compare")
     if args.compare:
@@ -290,10 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compare: rename benchmark NAME's method label OLD to NEW (repeatable), e.g. when "
                         "a method's defaults changed after that benchmark ran")
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
-    r.add_argument("--readme", help="also replace the results block of this README with the report's tables")
-    r.add_argument("--command", help="the command line quoted in the README block (how the runs were produced)")
-    r.add_argument("--results", help="with --readme: build the results block from several reports listed in this "
-                                     "YAML file (report, command, heading per entry)")
+    r.add_argument("--readme", help="also replace the results block of this markdown file (e.g. docs/results.md) "
+                                    "with the report's tables")
+    r.add_argument("--command", help="the command line quoted in the results block (how the runs were produced)")
+    r.add_argument("--results", help="with --readme and/or --headline: build the blocks from several reports listed "
+                                     "in this YAML file (report, command, heading, optional headline per entry)")
+    r.add_argument("--headline", help="with --results: replace the headline block of this markdown file (e.g. "
+                                      "README.md) with the rows and columns each entry's 'headline' picks, and link "
+                                      "the --readme file")
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="CE vs IPS on scikit-learn's digits, offline (under 2 minutes on CPU)")

@@ -9,20 +9,31 @@ accuracy against training cost (PNG).
 Modules: :mod:`.runs` loads and labels runs, :mod:`.stats` holds the statistics, :mod:`.sections` the registry of a
 group's markdown sections (built by :mod:`.table`, :mod:`.cost`, :mod:`.breakdowns`, :mod:`.generations`,
 :mod:`.plots` and :mod:`.diagnostics`), :mod:`.write` writes ``report.md`` and :mod:`.runs_csv` ``runs.csv``,
-:mod:`.readme` splices reports into a README.
+:mod:`.readme` splices reports into a markdown file's generated blocks (results, headline).
 """
 
 from .breakdowns import eval_model_lines, per_class_lines, self_supervised_lines, teacher_lines
 from .diagnostics import diagnostics_lines
 from .generations import generation_lines
-from .readme import README_END, README_START, results_sections, update_readme
+from .readme import (
+    HEADLINE_END,
+    HEADLINE_START,
+    README_END,
+    README_START,
+    Headline,
+    headline_sections,
+    results_sections,
+    update_headline,
+    update_readme,
+)
 from .runs import Cell, Run, epoch_timing, load_runs
 from .sections import LABELS, Group, section
 from .stats import fmt, fmt_gain, mean_std, paired, paired_p, step_ratio
 from .table import fit_lines, group_table, machine_lines, paired_cells
 from .write import write_report
 
-__all__ = ["LABELS", "README_END", "README_START", "Cell", "Group", "Run", "diagnostics_lines", "epoch_timing",
-           "eval_model_lines", "fit_lines", "fmt", "fmt_gain", "generation_lines", "group_table", "load_runs",
-           "machine_lines", "mean_std", "paired", "paired_cells", "paired_p", "per_class_lines", "results_sections",
-           "section", "self_supervised_lines", "step_ratio", "teacher_lines", "update_readme", "write_report"]
+__all__ = ["HEADLINE_END", "HEADLINE_START", "LABELS", "README_END", "README_START", "Cell", "Group", "Headline", "Run",
+           "diagnostics_lines", "epoch_timing", "eval_model_lines", "fit_lines", "fmt", "fmt_gain", "generation_lines",
+           "group_table", "headline_sections", "load_runs", "machine_lines", "mean_std", "paired", "paired_cells",
+           "paired_p", "per_class_lines", "results_sections", "section", "self_supervised_lines", "step_ratio",
+           "teacher_lines", "update_headline", "update_readme", "write_report"]
