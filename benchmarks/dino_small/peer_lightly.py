@@ -47,7 +47,9 @@ What lightly cannot express, or does otherwise (the peer keeps lightly's way):
 - Head: the hidden layers are initialised by lightly (truncated normal, std 0.02; selfdistill: PyTorch's default)
   and, with BatchNorm, have no bias (selfdistill: a bias before each BatchNorm, which it cancels). The teacher's
   head starts as a copy of the student's (as the official code and selfdistill; lightly's own examples build a
-  second, independently initialised head).
+  second, independently initialised head). While the last layer is frozen lightly drops the gradients of its
+  gain and its direction (as the official code); selfdistill freezes the direction only, which differs where
+  the gain trains (``norm_last_layer: false``).
 - Teacher momentum: lightly's ``cosine_schedule`` divides by ``steps − 1`` and reaches 1 at the last step;
   selfdistill (and the official code) divide by ``steps`` and stay below 1. The update itself is the same
   ``t ← m·t + (1 − m)·s`` after each optimiser step.
