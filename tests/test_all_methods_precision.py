@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.methods import METHODS, list_methods
 from selfdistill.methods.teacher import TeacherMethod
+from tests.helpers import synthetic_config
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.bench.report import load_runs, write_report
 from selfdistill.losses import kd_loss, soft_cross_entropy
 from selfdistill.methods.ban import cwtm_weights, dkpp_targets
+from tests.helpers import synthetic_config
 
 
 class Interrupt(Exception):

@@ -9,7 +9,6 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
 from selfdistill.bench import load_grid, run_grid, write_report
 from selfdistill.bench.report import (
     README_END,
@@ -30,6 +29,7 @@ from selfdistill.cli import main
 from selfdistill.config import ConfigError
 from selfdistill.engine import RunSummary
 from selfdistill.run import resolve_config
+from tests.helpers import REPO
 
 GRID = {
     "config": {"data": {"name": "synthetic", "synthetic_size": 192, "batch_size": 32, "image_size": 16,

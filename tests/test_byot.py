@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
+from tests.helpers import synthetic_config
 
 
 def _setup(model_name="resnet8", **opts):

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from conftest import Fixed, synthetic_config
 from selfdistill import train
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
+from tests.helpers import Fixed, synthetic_config
 
 
 def _method(**opts):

@@ -24,11 +24,11 @@ import sys
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.config import save_yaml
 from selfdistill.engine.checkpoint import load_checkpoint
 from selfdistill.run import evaluate
+from tests.helpers import synthetic_config
 
 
 def _free_port() -> int:

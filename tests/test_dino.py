@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.batch import DataRequirements, MultiCrop
 from selfdistill.config import DataConfig
@@ -15,6 +14,7 @@ from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.dino import dino_loss, knn_accuracy
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
+from tests.helpers import synthetic_config
 
 
 def _reference_loss(student, teacher, center, tau_s, tau_t):

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, cli_shim, doc_blocks, synthetic_config
 from selfdistill import evaluate, export_model, load_model, train
 from selfdistill.cli import main
 from selfdistill.data.samplers import eval_ranges
@@ -22,6 +21,7 @@ from selfdistill.run import load_run_model, resolve_config
 from selfdistill.run.evaluation import without_count
 from selfdistill.tasks import get_task
 from selfdistill.version import __version__
+from tests.helpers import REPO, cli_shim, doc_blocks, synthetic_config
 
 CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 PENNFUDAN = REPO.parent / "shared" / "datasets" / "pennfudan"

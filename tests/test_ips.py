@@ -6,7 +6,6 @@ import typing
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
 from selfdistill.data import Batch, normalize
@@ -26,6 +25,7 @@ from selfdistill.patch_swap import (
 from selfdistill.run import resolve_config
 from selfdistill.tasks.detection.methods import DetIPSOptions
 from selfdistill.tasks.segmentation.methods import DenseIPSOptions
+from tests.helpers import synthetic_config
 
 
 def _pair(n=5, c=3, h=10, w=7, dtype=torch.float32, seed=0):

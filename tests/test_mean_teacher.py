@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.data import Batch
 from selfdistill.engine.checkpoint import load_checkpoint
 from selfdistill.engine.optim import ModelEMA
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.run import resolve_config
+from tests.helpers import synthetic_config
 
 
 def _model():

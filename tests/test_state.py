@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.engine import CheckpointError, SampleMemory
 from selfdistill.engine.checkpoint import atomic_save, load_checkpoint
 from selfdistill.run import load_run_model
+from tests.helpers import synthetic_config
 
 
 def test_sample_memory_read_write_and_checkpoint(tmp_path):

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import Fixed, id_images, synthetic_config
 from selfdistill import train
 from selfdistill.bench.report import write_report
 from selfdistill.data import Batch
@@ -16,6 +15,7 @@ from selfdistill.methods.dkd import dkd_terms
 from selfdistill.methods.sld import swap_logits
 from selfdistill.methods.teacher import Teacher, TeacherError
 from selfdistill.run import evaluate, resolve_config
+from tests.helpers import Fixed, id_images, synthetic_config
 
 CTX = MethodContext(3, 8, 4, 1, torch.device("cpu"), mean=(0.5,), std=(0.5,))
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.cli import main
 from selfdistill.config import ConfigError
 from selfdistill.run.trainer import Trainer
+from tests.helpers import synthetic_config
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")

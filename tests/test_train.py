@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import synthetic_config
 from selfdistill import evaluate, train
 from selfdistill.cli import main
 from selfdistill.config import ConfigError, save_yaml
@@ -21,6 +20,7 @@ from selfdistill.engine.preemption import StopSignals
 from selfdistill.methods import METHODS, Method, StepOutput, register_method
 from selfdistill.methods.ce import CrossEntropy
 from selfdistill.run import EXIT_STOPPED, NonFiniteLossError, RunExistsError, Trainer, TrainingStopped, resolve_config
+from tests.helpers import synthetic_config
 
 
 def _run_dir(cfg):

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import synthetic_config
 from selfdistill import train
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.uskd import uskd_nontarget_targets, uskd_target_weights
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
+from tests.helpers import synthetic_config
 
 
 def test_target_weights_have_batch_mean_one():

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import Fixed, id_images, synthetic_config
 from selfdistill import train
 from selfdistill.data import Batch
 from selfdistill.engine.checkpoint import load_checkpoint
@@ -21,6 +20,7 @@ from selfdistill.methods.consistency import jsd
 from selfdistill.methods.tfkd import virtual_targets
 from selfdistill.methods.zipf import dense_votes
 from selfdistill.run import resolve_config
+from tests.helpers import Fixed, id_images, synthetic_config
 
 
 def _method(name, epochs=4, num_train=8, **opts):
