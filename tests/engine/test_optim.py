@@ -1,9 +1,11 @@
+
 import pytest
 import torch
 from torch import nn
 
 from selfdistill.config import OptimConfig, SchedConfig
 from selfdistill.engine.optim import ModelEMA, build_optimizer, build_scheduler, lr_factor, param_groups
+from tests.helpers import small_bn_net
 
 
 def test_multistep_decays_after_the_milestone_epochs():
@@ -53,3 +55,48 @@ def test_ema_update_golden():
     ema.update(model)
     assert float(ema.module.weight) == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
     assert not ema.module.weight.requires_grad
+
+
+def test_ema_extremes_and_copied_bn_buffers():
+    model = small_bn_net()
+    model(torch.randn(4, 3, 6, 6))
+    for decay, same_as_student in ((0.0, True), (1.0, False)):
+        ema = ModelEMA(model, decay, buffers="copy")
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model.train()(torch.randn(4, 3, 6, 6) * 3)  # moves the BN running statistics
+        ema.update(model)
+        for k, v in ema.module.state_dict().items():
+            if "running" in k or "num_batches" in k:
+                assert torch.equal(v, model.state_dict()[k]), k  # buffers are copied, whatever the decay
+            elif same_as_student:
+                assert torch.equal(v, model.state_dict()[k]), k
+            else:
+                assert torch.equal(v, before[k]), k
+
+
+def test_averaged_and_own_bn_buffers():
+    model = small_bn_net()
+    model(torch.randn(4, 3, 6, 6))
+    avg, own = ModelEMA(model, 0.75, buffers="average"), ModelEMA(model, 0.75, buffers="own")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()(torch.randn(4, 3, 6, 6) * 3)  # moves the BN running statistics
+    avg.update(model)
+    own.update(model)
+    bn = "1.running_var"
+    torch.testing.assert_close(avg.module.state_dict()[bn], 0.75 * start[bn] + 0.25 * model.state_dict()[bn])
+    assert torch.equal(own.module.state_dict()[bn], start[bn])  # left to the EMA model's own forwards
+    assert torch.equal(own.module.state_dict()["1.num_batches_tracked"], start["1.num_batches_tracked"])
+
+
+def test_term_gradient_norm_golden():
+    from selfdistill.engine.optim import term_grad_norms
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    out = model(torch.tensor([[3.0, 4.0]])).sum()  # d/dw = x → norm 5; 2·out → 10
+    norms = term_grad_norms({"a": out, "b": 2 * out, "c": torch.tensor(1.0)}, list(model.parameters()))
+    assert norms["a"].item() == pytest.approx(5.0) and norms["b"].item() == pytest.approx(10.0) and "c" not in norms

@@ -1,6 +1,7 @@
 """Born-again networks: generation runner, resume across generations, ensembles, loss forms."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from selfdistill import train
 from selfdistill.bench.report import load_runs, write_report
 from selfdistill.losses import kd_loss, soft_cross_entropy
 from selfdistill.methods.ban import cwtm_weights, dkpp_targets
-from tests.helpers import synthetic_config
+from tests.helpers import Fixed, id_batch, make_method, synthetic_config
 
 
 class Interrupt(Exception):
@@ -62,6 +63,29 @@ def test_new_run_refuses_an_existing_one(tmp_path):
     train(_cfg(tmp_path, generations=1), overrides=["train.epochs=1"])
     with pytest.raises(FileExistsError, match="--resume"):
         train(_cfg(tmp_path, generations=1), overrides=["train.epochs=1"])
+
+
+@pytest.mark.parametrize("loss,expected", [
+    # the teacher's σ = [1/5, 3/5, 1/5] (both rows' max 3/5 and ⅓); the student's log σ = ln [3/5, 1/5, 1/5] and ln ⅓
+    ("ban", {"soft_ce": (math.log(5 / 3) / 5 + 4 * math.log(5) / 5 + math.log(3)) / 2}),
+    ("ban+label", {"soft_ce": (math.log(5 / 3) / 5 + 4 * math.log(5) / 5 + math.log(3)) / 2,
+                   "ce": (math.log(5 / 3) + math.log(3)) / 2}),
+    # KL(teacher ‖ student) = 2/5·ln 3 on row 0 and 0 on row 1
+    ("kd", {"ce": 0.1 * (math.log(5 / 3) + math.log(3)) / 2, "kd": 0.9 * (2 * math.log(3) / 5) / 2}),
+    # confidence weights [3/5, ⅓] / (3/5 + ⅓) = [9/14, 5/14]
+    ("cwtm", {"cwtm": 9 / 14 * math.log(5 / 3) + 5 / 14 * math.log(3)}),
+])
+def test_ban_losses_by_hand(loss, expected):
+    m = make_method("ban", teacher=torch.tensor([[0.0, math.log(3.0), 0.0], [0.0, 0.0, 0.0]]), loss=loss, T=1.0)
+    student = Fixed(torch.tensor([[math.log(3.0), 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    out = m.training_step(student, id_batch([0, 1], [0, 2]), 1)
+    assert {k: v.item() for k, v in out.losses.items()} == pytest.approx(expected, rel=1e-5)
+
+
+def test_generation_zero_is_plain_ce():
+    m = make_method("ban", teacher=torch.zeros(1, 3), generation=0)
+    out = m.training_step(Fixed(torch.tensor([[math.log(3.0), 0.0, 0.0]])), id_batch([0], [0]), 1)
+    assert {k: v.item() for k, v in out.losses.items()} == pytest.approx({"ce": math.log(5 / 3)}, rel=1e-6)
 
 
 def test_ban_loss_has_kd_gradients():

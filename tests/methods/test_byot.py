@@ -12,6 +12,12 @@ from selfdistill.models import build_model
 from selfdistill.run import resolve_config
 from tests.helpers import synthetic_config
 
+OFFICIAL = "https://github.com/ArchipLab-LinfengZhang/pytorch-self-distillation-final/tree/47ca93b6a60baaaf127a762e9f19bc70f4f0ffed"
+"""The official journal-version code (``train.py``) the ``official_journal`` form below was compared with: its weights
+(0.7·CE and 0.3·soft CE per exit at T = 3 against the detached deepest logits) match; it does not multiply the
+soft term by T² (the library's ``t2_scale`` default does) and it adds a feature term, 0.03·‖FC(f_i) − sg f_N‖ on
+every exit but the shallowest, which the library does not have."""
+
 
 def _setup(model_name="resnet8", **opts):
     torch.manual_seed(0)
@@ -53,6 +59,8 @@ def test_no_kd_gradient_reaches_the_deepest_logits():
 
 
 def test_official_journal_loss_by_hand():
+    """The library's ``official_journal`` form (with ``t2_scale``, the default); :data:`OFFICIAL` says how the
+    journal code differs (no T², a feature term)."""
     model, m = _setup(T=3.0)
     batch = _batch()
     out = m.training_step(model, batch, 1)

@@ -10,6 +10,10 @@ from selfdistill.models import build_model
 from selfdistill.run import resolve_config
 from tests.helpers import Fixed, synthetic_config
 
+OFFICIAL = "https://github.com/alinlab/cs-kd/tree/b447f250405932501cb28db0dc09eadeab526b80"
+"""The official code (``train.py``: ``KDLoss``, the partner batch forwarded on its own under ``no_grad``) the
+``official`` preset's loss and partner forward below were checked against."""
+
 
 def _method(**opts):
     spec = resolve_config({"method": {"name": "cskd", **opts}}).method
@@ -26,6 +30,8 @@ def _batch(ids_a, ids_p, y):
 
 @pytest.mark.parametrize("preset", ["official", "clean"])
 def test_golden_loss_and_gradients(preset):
+    """``KDLoss`` of :data:`OFFICIAL`: λ·T²·KL(σ_T(partner) ‖ σ_T(anchor)) averaged over the anchors, the partner side
+    detached, plus CE on the anchors."""
     # anchor logits [0, ln 3] (p = [1/4, 3/4]), partner logits [0, 0] (p = [1/2, 1/2]), label 1, T = 1
     model = Fixed(torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]]))
     out = _method(preset=preset, T=1.0, lambda_cls=2.0).training_step(model, _batch([0], [1], [1]), 1)
@@ -56,6 +62,8 @@ def test_presets_and_self_pair():
 
 
 def test_official_partner_forward_uses_its_own_batch_statistics():
+    """:data:`OFFICIAL` forwards the partner batch on its own under ``no_grad``: its BatchNorm statistics are its own
+    batch's, unlike the clean form's joint forward."""
     model, b = _self_pair(train=True)
     x, y = b.x, b.y
     # identical anchor and partner batches see identical BN statistics in both forms: KL 0

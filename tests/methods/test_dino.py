@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from selfdistill import train
-from selfdistill.batch import DataRequirements, MultiCrop
 from selfdistill.config import DataConfig
 from selfdistill.data import DataModule
 from selfdistill.methods import MethodContext, build_method
@@ -15,6 +14,10 @@ from selfdistill.methods.dino import dino_loss, knn_accuracy
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
 from tests.helpers import synthetic_config
+
+OFFICIAL = "https://github.com/facebookresearch/dino/tree/7c446df5b9f45747937fb0d72314eb9f7b66930a"
+"""The official code (``main_dino.py``: ``DINOLoss``, the schedules, ``MultiCropWrapper`` and
+``cancel_gradients_last_layer`` in ``utils.py``) the loss, the schedules and the head below were checked against."""
 
 
 def _reference_loss(student, teacher, center, tau_s, tau_t):
@@ -40,6 +43,8 @@ def _reference_loss(student, teacher, center, tau_s, tau_t):
 
 
 def test_loss_matches_reference_and_pair_count():
+    """The loss against a loop written after ``DINOLoss.forward`` of :data:`OFFICIAL` (the teacher's own crop is no
+    target), its pair count, and its invariance to a constant per row."""
     g = torch.Generator().manual_seed(0)
     n_global, n_local = 2, 3
     student = [torch.randn(4, 6, generator=g) for _ in range(n_global + n_local)]
@@ -51,6 +56,20 @@ def test_loss_matches_reference_and_pair_count():
     shifted = dino_loss([s + torch.randn(4, 1, generator=g) for s in student],
                         [t + torch.randn(4, 1, generator=g) for t in teacher], center, 0.1, 0.04)
     assert float(shifted) == pytest.approx(ref, rel=1e-4)  # a constant per row changes nothing
+
+
+def test_loss_by_hand_with_two_global_crops():
+    """Two global crops, no local ones: each teacher crop teaches the other crop only (``DINOLoss`` of
+    :data:`OFFICIAL`). Centred teacher outputs (τ_t = 1)
+    [ln 3, 0] and [0, 0] give [¾, ¼] and [½, ½]; student outputs at τ_s = ½ give log σ = ln [¾, ¼] (crop 2) and
+    ln [½, ½] (crop 1)."""
+    center = torch.tensor([[1.0, 0.0]])
+    teacher = [torch.tensor([[1.0 + math.log(3.0), 0.0]]), torch.tensor([[1.0, 0.0]])]
+    student = [torch.zeros(1, 2), torch.tensor([[math.log(3.0) / 2, 0.0]])]
+    pair_1_teaches_2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    pair_2_teaches_1 = math.log(2.0)
+    expected = (pair_1_teaches_2 + pair_2_teaches_1) / 2
+    assert float(dino_loss(student, teacher, center, 0.5, 1.0)) == pytest.approx(expected, rel=1e-6)
 
 
 def _dino(model, **opts):
@@ -70,6 +89,8 @@ def _batch(n_views=6, size=(16, 16, 16, 16, 8, 8)):
 
 
 def test_centre_update_and_teacher_gets_no_gradient():
+    """``update_center`` of :data:`OFFICIAL`: ``c ← m·c + (1 − m)·mean(teacher outputs)``; the teacher, forwarded in
+    training mode as there, gets no gradient."""
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3)
     m = _dino(model, n_local=2, center_momentum=0.9)
@@ -88,6 +109,8 @@ def test_centre_update_and_teacher_gets_no_gradient():
 
 
 def test_last_layer_freeze():
+    """``cancel_gradients_last_layer`` of :data:`OFFICIAL` drops the last layer's gradient while the 0-based epoch is
+    below ``freeze_last_layer``: frozen in (1-based) epoch 1, trained from epoch 2."""
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3)
     m = _dino(model, freeze_last_layer=1)
@@ -99,8 +122,8 @@ def test_last_layer_freeze():
 
 def test_teacher_update_uses_dinos_momentum_of_each_step():
     """The update after the 0-based step ``it`` is ``t ← m·t + (1 − m)·s`` with ``m = momentum_schedule[it]`` of
-    facebookresearch/dino (main_dino.py, ``utils.cosine_scheduler(0.996, 1, epochs, niter_per_ep)``, commit
-    7c446df5): 0.996 at the first update, ``1 − 0.002·(1 + cos(π·7/8))`` (below 1) at the last of 2 × 4 steps."""
+    :data:`OFFICIAL` (``main_dino.py``, ``utils.cosine_scheduler(0.996, 1, epochs, niter_per_ep)``): 0.996 at the
+    first update, ``1 − 0.002·(1 + cos(π·7/8))`` (below 1) at the last of 2 × 4 steps."""
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3)
     m = _dino(model, momentum_teacher=0.996)
@@ -118,7 +141,8 @@ def test_teacher_update_uses_dinos_momentum_of_each_step():
 
 @pytest.mark.parametrize("warmup", [1, 2, 30])
 def test_teacher_temperature_warmup_is_dinos_linspace(warmup):
-    """DINO's schedule: ``np.linspace(start, final, W)`` for the 0-based epochs 0..W−1, then ``final``."""
+    """DINO's schedule (``DINOLoss.teacher_temp_schedule`` of :data:`OFFICIAL`): ``np.linspace(start, final, W)``
+    for the 0-based epochs 0..W−1, then ``final``."""
     import numpy as np
 
     model = build_model("resnet8", 10, 3)
@@ -146,7 +170,8 @@ def test_agreement_reads_the_centred_teacher_on_the_same_global_crop():
 
 def test_bn_in_head_normalises_over_every_crop_in_one_pass():
     """``use_bn_in_head``: BatchNorm in the student's and the teacher's head; the student's head runs once on the
-    features of all crops (the official MultiCropWrapper), so its BN statistics cover global and local crops."""
+    features of all crops (``MultiCropWrapper`` of :data:`OFFICIAL`), so its BN statistics cover global and local
+    crops."""
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3)
     m = _dino(model, n_local=2, use_bn_in_head=True)
@@ -209,20 +234,6 @@ def test_controls_score_the_network_at_initialisation_and_the_pixels():
     with pytest.warns(UserWarning, match="features have not learnt"):  # the zeroed student is below its controls
         last = m.extra_metrics(model, dm, final=True)
     assert {k: v for k, v in last.items() if "init" in k or "pixels" in k} == pytest.approx(expected)
-
-
-def test_multicrop_batches_and_same_resolution_batching():
-    dm = DataModule(DataConfig(name="synthetic", synthetic_size=32, batch_size=8, num_classes=4, image_size=16))
-    req = DataRequirements(multicrop=MultiCrop(2, 3, 16, 8))
-    b = next(dm.train_loader(req, seed=0).iterate(1))
-    assert [tuple(v.shape[-2:]) for v in b.views] == [(16, 16)] * 2 + [(8, 8)] * 3
-    assert not torch.equal(b.views[0], b.views[1])
-    torch.manual_seed(0)
-    model = build_model("resnet8", 4, 3).eval()
-    with torch.no_grad():
-        joint = model(torch.cat(b.views[2:]))
-        apart = torch.cat([model(v) for v in b.views[2:]])
-    torch.testing.assert_close(joint, apart, atol=1e-5, rtol=1e-5)
 
 
 def test_knn_hand_example():

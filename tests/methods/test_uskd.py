@@ -14,8 +14,15 @@ from selfdistill.models import build_model
 from selfdistill.run import resolve_config
 from tests.helpers import synthetic_config
 
+OFFICIAL = "https://github.com/yzd-v/cls_KD/tree/1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66"
+"""The official code (``mmcls/models/dis_losses/uskd.py``, CIFAR-100 config ``res18_sd_cifar.py``: α = β = μ = 0.1)
+the target weights and the CIFAR weights below were checked against. It ranks the non-target classes with the
+student's log-probabilities (``s_i`` is reassigned to ``log_softmax`` before the rank), where the library uses
+the probabilities; the ranking test below checks the library's form."""
+
 
 def test_target_weights_have_batch_mean_one():
+    """``p_t = s_y² + 1 − mean(s_y²)`` as in ``USKDLoss`` of :data:`OFFICIAL` (hard labels)."""
     s_y = torch.tensor([0.9, 0.5, 0.1, 0.3])
     p = uskd_target_weights(s_y)
     assert float(p.mean()) == pytest.approx(1.0, abs=1e-6)
@@ -23,6 +30,7 @@ def test_target_weights_have_batch_mean_one():
 
 
 def test_nontarget_targets_sum_to_one_and_follow_the_combined_score():
+    """The library's ranking score (probabilities; :data:`OFFICIAL` uses the student's log-probabilities there)."""
     g = torch.Generator().manual_seed(0)
     z, w, y = torch.randn(16, 7, generator=g), torch.randn(16, 7, generator=g), torch.randint(0, 7, (16,), generator=g)
     q = uskd_nontarget_targets(z, w, y)
