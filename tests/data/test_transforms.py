@@ -1,3 +1,6 @@
+"""Crop + flip and normalisation on uint8 batches: against a per-image reference slice, identity and involution,
+zero padding, seeded sampling."""
+
 import pytest
 import torch
 
