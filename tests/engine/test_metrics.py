@@ -1,3 +1,5 @@
+"""Metrics: top-k, ECE (bins, golden values), NLL and their accumulator."""
+
 import math
 
 import torch
