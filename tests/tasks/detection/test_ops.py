@@ -1,4 +1,4 @@
-"""Dense IPS for detection: the Penn-Fudan reader and the box-aware swap policies' invariants."""
+"""Detection ops: the Penn-Fudan reader and split, the box-aware swap policies' invariants."""
 
 import pytest
 import torch

@@ -1,4 +1,6 @@
-"""Dense IPS building blocks: pairing by class presence, joint image/label swap, dense losses, mIoU."""
+"""Segmentation ops: class presence and partners sharing a class, the joint image and label swap, the dense losses
+(golden values, invariants, no gradient to the teacher), the confusion-matrix metrics, the CamVid reader on the real
+data."""
 
 import math
 
