@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "src" / "selfdistill"
 

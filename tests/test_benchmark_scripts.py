@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from tests.helpers import REPO
 
 GPU_SH = REPO / "benchmarks" / "throughput" / "gpu.sh"
 THROUGHPUT = REPO / "benchmarks" / "throughput" / "throughput.py"
@@ -95,8 +95,8 @@ def test_throughput_script_writes_its_report(tmp_path):
 
 
 def test_train_fit_reads_each_runs_clean_training_accuracy(tmp_path):
-    from conftest import synthetic_config
     from selfdistill import evaluate, train
+    from tests.helpers import synthetic_config
 
     for seed in (0, 1):
         train(synthetic_config(tmp_path, seed=seed, data={"val_fraction": 0.25}, train={"epochs": 1}),

@@ -1,10 +1,8 @@
 import math
 
-import pytest
 import torch
 
 from selfdistill.losses import cross_entropy, kd_loss, kl_div, soft_cross_entropy
-from selfdistill.methods.label_smoothing import smoothed_targets
 
 
 def test_cross_entropy_golden():
@@ -54,18 +52,3 @@ def test_soft_ce_with_one_hot_is_ce():
     z, y = torch.randn(6, 4, generator=g), torch.randint(0, 4, (6,), generator=g)
     onehot = torch.nn.functional.one_hot(y, 4).float()
     assert torch.allclose(soft_cross_entropy(z, onehot), cross_entropy(z, y))
-
-
-def test_label_smoothing_golden_and_invariants():
-    y = torch.tensor([1])
-    q = smoothed_targets(y, 4, 0.2, "uniform_all")
-    assert torch.allclose(q, torch.tensor([[0.05, 0.85, 0.05, 0.05]]))
-    q2 = smoothed_targets(y, 4, 0.2, "uniform_nontarget")
-    assert torch.allclose(q2, torch.tensor([[0.2 / 3, 0.8, 0.2 / 3, 0.2 / 3]]))
-    # ε = 0 is one-hot; uniform_all with ε equals uniform_nontarget with ε(K−1)/K
-    assert torch.equal(smoothed_targets(y, 4, 0.0), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
-    assert torch.allclose(smoothed_targets(y, 4, 0.2, "uniform_all"),
-                          smoothed_targets(y, 4, 0.2 * 3 / 4, "uniform_nontarget"))
-    assert torch.allclose(q.sum(1), torch.ones(1))
-    with pytest.raises(ValueError):
-        smoothed_targets(y, 4, 0.1, "bogus")

@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, cli_shim, doc_blocks
 from selfdistill import plugins
 from selfdistill.cli import main
+from tests.helpers import REPO, cli_shim, doc_blocks
 
 DOC = REPO / "docs" / "plugins.md"
 
