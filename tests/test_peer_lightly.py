@@ -15,7 +15,6 @@ import yaml
 
 pytest.importorskip("lightly")
 
-from conftest import REPO, synthetic_config
 from selfdistill import train
 from selfdistill.bench.report import load_runs
 from selfdistill.config import ConfigError
@@ -25,6 +24,7 @@ from selfdistill.engine.summary import RunSummary
 from selfdistill.methods import MethodContext
 from selfdistill.methods.dino import DINO, DINOOptions, dino_loss
 from selfdistill.run import resolve_config
+from tests.helpers import REPO, synthetic_config
 
 SCRIPT = REPO / "benchmarks" / "dino_small" / "peer_lightly.py"
 

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from conftest import REPO
+from tests.helpers import REPO
 
 pytest.importorskip("torchdistill")
 
