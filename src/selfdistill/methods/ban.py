@@ -134,11 +134,11 @@ class BornAgain(TeacherMethod):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
+        zt = None if o.generation == 0 else self.teacher(batch.x)  # the teacher first, as in kd
         zs = model(batch.x)
         y = batch.y
-        if o.generation == 0:
+        if zt is None:
             return StepOutput({"ce": cross_entropy(zs, y)}, zs, y)
-        zt = self.teacher(batch.x)
         pt = zt.softmax(1)
         if o.loss == "ban":
             losses = {"soft_ce": soft_cross_entropy(zs, pt)}
