@@ -12,6 +12,7 @@ from selfdistill import evaluate, train
 from selfdistill.config import ConfigError
 from selfdistill.data import Batch
 from selfdistill.methods import MethodContext, build_method
+from selfdistill.methods.base import validate_method_options
 from selfdistill.methods.ips import TEACHER_RULES, IPSOptions, confidence, inbatch_pairs, ips_kd
 from selfdistill.methods.ips import IntraClassPatchSwap as IPS
 from selfdistill.models import build_model
@@ -288,6 +289,16 @@ def test_options_cost_and_requirements():
         resolve_config({"method": {"name": "ips", "p_swap": 1.5}})
     method = _method(kd_warmup_epochs=4, lambda_kd=2.0)
     assert [method.kd_weight(e) for e in (1, 3, 5, 9)] == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_preset_robust_is_the_four_image_reading():
+    """``robust``: each swapped view teaching the other at λ = 0.1, with CE on the two clean images too (four
+    images forwarded per anchor); the spec preset is the two-image reading with the confident view teaching."""
+    robust = validate_method_options({"name": "ips", "preset": "robust"})
+    assert (robust["teacher_rule"], robust["lambda_kd"], robust["T"], robust["ce_inputs"]) == (
+        "symmetric", 0.1, 4.0, "swapped+original")
+    assert IPS.cost(IPSOptions(**IPS.PRESETS["robust"])) == 4.0 and IPS.cost(spec()) == 2.0
+    assert validate_method_options({"name": "ips", "preset": "robust", "lambda_kd": 0.3})["lambda_kd"] == 0.3
 
 
 @pytest.mark.parametrize("opts", [{}, {"partner_source": "inbatch", "inbatch_fallback": "self"},
