@@ -2,15 +2,19 @@
 
 import copy
 import math
+import re
+import warnings
 
 import pytest
 import torch
+import yaml
 
 from selfdistill import train
-from selfdistill.config import DataConfig
+from selfdistill.config import ConfigError, DataConfig
 from selfdistill.data import DataModule
+from selfdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from selfdistill.methods import MethodContext, build_method
-from selfdistill.methods.dino import dino_loss, knn_accuracy
+from selfdistill.methods.dino import TeacherCollapseWarning, dino_loss, knn_accuracy, teacher_instruments
 from selfdistill.models import build_model
 from selfdistill.run import resolve_config
 from tests.helpers import synthetic_config
@@ -236,6 +240,136 @@ def test_controls_score_the_network_at_initialisation_and_the_pixels():
     assert {k: v for k, v in last.items() if "init" in k or "pixels" in k} == pytest.approx(expected)
 
 
+K = 64
+"""Teacher dimensions of the collapse tests (log K = 4.16 nats)."""
+
+
+def _teacher_outputs(kind: str, rows: int) -> torch.Tensor:
+    """Synthetic centred, sharpened teacher distributions (``rows`` × :data:`K`) of one step: ``u``niform (flat
+    logits), ``o``ne-hot (every image on the same two dimensions), ``h``ealthy (each image mostly on its own
+    dimension), ``w``ide (healthy, each image a tenth on its own dimension: entropy about 0.8·log K) or ``s``harp
+    (each image one-hot on its own dimension)."""
+    noise = torch.randn(rows, K, generator=torch.Generator().manual_seed(0))
+    own = torch.nn.functional.one_hot(torch.arange(rows) % K, K).float()
+    two = torch.zeros(K)
+    two[:2] = torch.tensor([12.0, 11.0])
+    logits = {"u": 0.1 * noise, "o": noise + two, "h": noise + 6.0 * own, "w": noise + 2.5 * own,
+              "s": 30.0 * own}[kind]
+    return logits.softmax(-1)
+
+
+def _monitor(m, kinds: str, first: int = 1, rows: int = K) -> tuple[dict[int, list[str]], dict[str, float]]:
+    """Feed one epoch per letter of ``kinds`` (see :func:`_teacher_outputs`), three steps of ``rows`` teacher rows
+    each, through the instruments, and the epoch's means to ``on_epoch_end`` as the trainer does. Returns the collapse
+    warnings by epoch (epochs with one) and the last epoch's columns."""
+    fired: dict[int, list[str]] = {}
+    columns: dict[str, float] = {}
+    for epoch, kind in enumerate(kinds, start=first):
+        steps = [teacher_instruments(_teacher_outputs(kind, rows)) for _ in range(3)]
+        m.collapse.rows = max(m.collapse.rows, rows)  # as training_step records it
+        means = {"train_teacher_entropy": sum(float(h) for h, _ in steps) / 3,
+                 "train_kl_teacher_uniform": sum(float(kl) for _, kl in steps) / 3}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            columns = m.on_epoch_end(epoch, means)
+        messages = [str(w.message) for w in caught if issubclass(w.category, TeacherCollapseWarning)]
+        if messages:
+            fired[epoch] = messages
+    return fired, columns
+
+
+@pytest.fixture
+def dino_k():
+    """A factory of DINOs with :data:`K` dimensions and patience 3 unless told otherwise."""
+    model = build_model("resnet8", 10, 3)
+    return lambda **opts: _dino(model, **{"out_dim": K, "collapse_patience": 3, **opts})
+
+
+@pytest.mark.parametrize(("kind", "mode", "words"), [("u", "uniform", "near-uniform"),
+                                                     ("o", "onehot", "on a few dimensions")])
+def test_collapse_warns_after_exactly_patience_epochs_once(dino_k, kind, mode, words):
+    """Six epochs in one mode: one warning, at the end of epoch 3 (the patience), naming the mode; the columns count
+    the epochs in each mode."""
+    fired, columns = _monitor(dino_k(), kind * 6)
+    assert list(fired) == [3] and len(fired[3]) == 1
+    assert words in fired[3][0] and "for 3 epochs (1–3)" in fired[3][0]
+    assert columns == {"collapse_uniform_epochs": 0.0, "collapse_onehot_epochs": 0.0, f"collapse_{mode}_epochs": 6.0}
+
+
+@pytest.mark.parametrize(("kinds", "rows"), [("hhhhhh", K), ("wwwwww", K), ("ssssss", K), ("ssssss", 6)])
+def test_healthy_teachers_never_warn(dino_k, kinds, rows):
+    """Per-image targets on their own dimensions, sharp, wide or one-hot, are no collapse. One-hot targets of 6
+    images use 6 of the 64 dimensions, under √64, and pass because 6 rows can use no more (√min(K, n))."""
+    assert _monitor(dino_k(), kinds, rows=rows) == ({}, {"collapse_uniform_epochs": 0.0,
+                                                         "collapse_onehot_epochs": 0.0})
+
+
+def test_collapse_thresholds_at_their_boundaries(dino_k):
+    """Uniform from ``collapse_uniform_fraction``·log K of per-image entropy on; one-hot when the batch mean's
+    entropy log K − KL falls under ½·log min(K, n)."""
+    c, log_k = dino_k(collapse_uniform_fraction=0.8).collapse, math.log(K)
+    assert c.mode(0.8 * log_k + 1e-6, 0.0) == "uniform" and c.mode(0.8 * log_k - 1e-6, 0.0) is None
+    assert c.mode(0.0, 0.5 * log_k + 1e-6) == "onehot" and c.mode(0.0, 0.5 * log_k - 1e-6) is None
+    c.rows = 16
+    edge = log_k - 0.5 * math.log(16)
+    assert c.mode(0.0, edge + 1e-6) == "onehot" and c.mode(0.0, edge - 1e-6) is None
+
+
+def test_collapse_warns_again_after_recovery_and_counts_modes_apart(dino_k):
+    """Once per episode: a healthy epoch ends it, a new one warns again after the patience; a switch of mode starts
+    the other mode's count."""
+    fired, columns = _monitor(dino_k(), "uuuuuhuuu" + "uuooo")
+    assert list(fired) == [3, 9, 14]
+    assert ["near-uniform" in fired[e][0] for e in (3, 9)] == [True, True]
+    assert "on a few dimensions" in fired[14][0]
+    assert columns == {"collapse_uniform_epochs": 10.0, "collapse_onehot_epochs": 3.0}
+
+
+def test_collapse_patience_zero_is_off_and_options_are_checked(dino_k):
+    assert _monitor(dino_k(collapse_patience=0), "uuuuuoooo") == ({}, {})
+    for bad in ({"collapse_patience": -1}, {"collapse_uniform_fraction": 0.5}, {"collapse_uniform_fraction": 1.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            resolve_config({"method": {"name": "dino", **bad}})
+
+
+def _named_settings(message: str) -> dict[str, str]:
+    """The ``method.<key>=<value>`` settings a message names."""
+    return dict(re.findall(r"method\.(\w+)=([^ ;)]+)", message))
+
+
+def test_collapse_messages_name_the_settings_to_change_as_a_user_writes_them(dino_k):
+    """The uniform message lowers the temperatures and names BN in the head, a smaller head and the small preset
+    (those not already set); the one-hot message a faster centre, higher temperatures and a lower learning rate.
+    Every ``method.<key>=<value>`` named resolves as a config override."""
+    uniform = _monitor(dino_k(), "uuu")[0][3][0]
+    assert _named_settings(uniform) == {"teacher_temp": "0.02", "teacher_temp_final": "0.02",
+                                        "use_bn_in_head": "true", "out_dim": "16", "preset": "small"}
+    onehot = _monitor(dino_k(), "ooo")[0][3][0]
+    assert _named_settings(onehot) == {"center_momentum": "0.8", "teacher_temp": "0.08", "teacher_temp_final": "0.08"}
+    assert "optim.lr" in onehot
+    for key, value in {**_named_settings(uniform), **_named_settings(onehot)}.items():
+        resolve_config({"method": {"name": "dino", key: yaml.safe_load(value)}})
+    small = _monitor(dino_k(preset="small"), "uuu")[0][3][0]
+    assert set(_named_settings(small)) == {"teacher_temp", "teacher_temp_final", "out_dim"}
+
+
+def test_collapse_counters_survive_resume_mid_episode(dino_k, tmp_path):
+    """Two uniform epochs, a checkpoint, a new method loaded from it: the third uniform epoch warns (a fresh count
+    would wait for the fifth); resumed after the warning, the episode does not warn again."""
+    m = dino_k()
+    assert _monitor(m, "uu") == ({}, {"collapse_uniform_epochs": 2.0, "collapse_onehot_epochs": 0.0})
+    save_checkpoint({"method": m.state_dict()}, tmp_path / "a.pt")
+    resumed = dino_k()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "a.pt")["method"])
+    fired, columns = _monitor(resumed, "uuu", first=3)
+    assert list(fired) == [3] and columns["collapse_uniform_epochs"] == 5.0
+    save_checkpoint({"method": resumed.state_dict()}, tmp_path / "b.pt")
+    again = dino_k()
+    again.load_state_dict(load_checkpoint(tmp_path / "b.pt")["method"])
+    assert _monitor(again, "uu", first=6)[0] == {}
+    assert list(_monitor(dino_k(), "uuu", first=3)[0]) == [5]  # without the counters: epochs 3–5
+
+
 def test_knn_hand_example():
     train_f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     train_y = torch.tensor([0, 0, 1])
@@ -263,7 +397,9 @@ def test_dino_on_digits_evaluates_knn_and_probe_without_labels(tmp_path):
     assert math.isfinite(s.last["test_nll"])
     header = next((tmp_path / "runs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train_teacher_entropy", "train_kl_teacher_uniform", "train_center_norm", "train_student_teacher_agreement",
-            "train_teacher_momentum", "train_lr_applied", "train_weight_decay", "knn_init_test_top1"} <= set(header)
+            "train_teacher_momentum", "train_lr_applied", "train_weight_decay", "knn_init_test_top1",
+            "collapse_uniform_epochs", "collapse_onehot_epochs"} <= set(header)
+    assert 0 <= knn["collapse_uniform_epochs"] <= 4 and 0 <= knn["collapse_onehot_epochs"] <= 4  # in the summary
     from selfdistill.bench.report import write_report
 
     report = write_report(tmp_path / "runs", tmp_path / "report").read_text()

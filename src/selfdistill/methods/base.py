@@ -136,6 +136,12 @@ class Method:
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch (1-based)."""
 
+    def on_epoch_end(self, epoch: int, train: dict[str, float]) -> dict[str, float]:
+        """Called after each epoch's training steps, on every rank, with the epoch's training means over all ranks
+        (``train_<loss or stat>``: the row's columns so far); returns columns to add to the row, logged as given and
+        kept in the summary's ``extra_last`` (e.g. a count of epochs in a failure state)."""
+        return {}
+
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         """Compute the named losses of one step."""
         raise NotImplementedError

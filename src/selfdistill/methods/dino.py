@@ -4,7 +4,8 @@ The student (backbone + projection head) sees global and local crops, the EMA te
 student predicts the teacher's centred, sharpened distribution of every other crop. Labels are not used. The
 features are evaluated by k-NN (k = 20, votes ``exp(sim/0.07)``) at every evaluation and by a linear probe at
 the end, for the student and the teacher, beside two controls scored the same way: the network at
-initialisation and the standardised pixels. Collapse monitors are logged every epoch.
+initialisation and the standardised pixels. Collapse instruments are logged every epoch, and a teacher that stays
+uniform or on a few dimensions for ``collapse_patience`` epochs is warned about (:class:`CollapseMonitor`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,80 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements, MultiCrop
+from ..config import limited
 from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
 from .base import Method, StepOutput, register_method
 
 PIXEL_SIDE = 32
 """The pixel control reads images area-averaged down to at most this side (32 px: 3,072 values per RGB image)."""
+
+COLLAPSE_MODES = ("uniform", "onehot")
+"""The collapse modes :class:`CollapseMonitor` tells apart (the ``collapse_<mode>_epochs`` columns)."""
+
+
+class TeacherCollapseWarning(UserWarning):
+    """DINO's teacher has stayed in one collapse mode for ``collapse_patience`` epochs."""
+
+
+@dataclass
+class CollapseMonitor:
+    """Consecutive epochs in each collapse mode, from an epoch's mean teacher instruments.
+
+    With K = ``out_dim``, H̄ the mean per-image entropy of the centred, sharpened teacher and KL its batch mean p̄'s
+    divergence from uniform, H(p̄) = log K − KL is the batch mean's entropy and I = H(p̄) − H̄ ≥ 0 the information
+    the targets carry about which image they come from (between image and dimension; exp of an entropy is the number
+    of dimensions it spreads over):
+
+    - ``uniform`` (the centring dominates the sharpening): H̄ ≥ f·log K, f = ``fraction``. Then
+      I ≤ log K − H̄ ≤ (1 − f)·log K whatever the centre does: the targets tell at most K^(1−f) groups of images
+      apart (2.3 at K = 4096, f = 0.9), fewer than the classes of any benchmark.
+    - ``onehot`` (the sharpening dominates the centring): H(p̄) < ½·log min(K, n), n the teacher rows of a batch
+      (KL > ½·log K once n ≥ K): the whole batch's targets spread over fewer than √ of the dimensions it could use
+      (64 of 4,096). n sharp rows use at most n dimensions, so a healthy sharp teacher on a small batch (H(p̄) near
+      log n) is not taken for one. Each image's target is then low too: H̄ ≤ H(p̄) (entropy is concave).
+
+    With f > ½ no epoch is in both. ``streak`` counts the consecutive epochs up to the last one in each mode,
+    ``epochs`` all epochs in each mode.
+    """
+
+    patience: int
+    fraction: float
+    out_dim: int
+    rows: int = 0
+    """Most teacher rows seen in one step on this rank (0: none yet, read as ``out_dim``)."""
+    streak: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLLAPSE_MODES, 0))
+    epochs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLLAPSE_MODES, 0))
+
+    @property
+    def usable(self) -> int:
+        """Dimensions a batch's targets can spread over: min(K, n)."""
+        return min(self.out_dim, self.rows or self.out_dim)
+
+    def mode(self, entropy: float, kl: float) -> str | None:
+        """The collapse mode of an epoch with mean per-image entropy ``entropy`` and batch-mean KL ``kl``, or None."""
+        log_k = math.log(self.out_dim)
+        if entropy >= self.fraction * log_k:
+            return "uniform"
+        if log_k - kl < 0.5 * math.log(self.usable):
+            return "onehot"
+        return None
+
+    def update(self, entropy: float, kl: float) -> str | None:
+        """Count an epoch; the mode whose streak has just reached ``patience`` (warn once per episode), or None."""
+        now = self.mode(entropy, kl)
+        for m in COLLAPSE_MODES:
+            self.streak[m] = self.streak[m] + 1 if m == now else 0
+            self.epochs[m] += int(m == now)
+        return now if now is not None and self.streak[now] == self.patience else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters and the rows seen."""
+        return {"rows": self.rows, "streak": dict(self.streak), "epochs": dict(self.epochs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.rows, self.streak, self.epochs = state["rows"], dict(state["streak"]), dict(state["epochs"])
 
 
 class DINOHead(nn.Module):
@@ -62,6 +131,13 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, tau_
         logs = [F.log_softmax(s.float() / tau_s, dim=-1) for s in student]
         terms = [-(p * logs[j]).sum(-1).mean() for i, p in enumerate(targets) for j in range(len(logs)) if j != i]
         return torch.stack(terms).mean()
+
+
+def teacher_instruments(p: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean entropy of the teacher's per-image distributions ``p`` (rows) and the KL of their mean from uniform."""
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+    p_mean = p.mean(0)
+    return entropy, (p_mean * (p_mean.clamp_min(1e-12) * p.shape[-1]).log()).sum()
 
 
 def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int,
@@ -142,6 +218,13 @@ class DINOOptions:
     """Area range of the local crops."""
     knn_k: int = 20
     """Neighbours of the k-NN evaluation."""
+    collapse_patience: int = limited(3, low=0)
+    """Consecutive epochs of a collapsed teacher (uniform, or on a few dimensions) after which the run warns, once
+    per episode (docs/methods.md, dino: collapse); 0 turns the monitor and its ``collapse_*_epochs`` columns off."""
+    collapse_uniform_fraction: float = limited(0.9, low=0.5, high=1, low_open=True, high_open=True)
+    """An epoch is uniform when the teacher's mean per-image entropy is at least this fraction of ``log out_dim`` (the
+    targets then tell at most ``out_dim^(1 − fraction)`` groups of images apart); above ½, as the few-dimensions mode
+    lies below ½·log out_dim."""
     controls: bool = True
     """Score two controls with the same protocol: the network at initialisation (``knn_init_*``, ``probe_init_*``)
     and the standardised pixels, flattened (``knn_pixels_*``, ``probe_pixels_*``); computed once, at the first
@@ -194,7 +277,7 @@ class DINO(Method):
                 last.register_forward_pre_hook(partial(self._keep_features, key))
         self.center = torch.zeros(1, o.out_dim, device=self.ctx.device)
         self.step = 0
-        self.monitor = torch.zeros(2, dtype=torch.float64)  # entropy sum, steps
+        self.collapse = CollapseMonitor(o.collapse_patience, o.collapse_uniform_fraction, o.out_dim)
 
     def _keep_features(self, key: str, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
         self.feats[key] = args[0]
@@ -215,14 +298,53 @@ class DINO(Method):
         return o.teacher_temp + (o.teacher_temp_final - o.teacher_temp) * (epoch - 1) / (w - 1)
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Freeze the head's last layer early on; warn on collapse seen in the previous epoch."""
+        """Freeze the head's last layer early on."""
         self.head.last.parametrizations.weight.original1.requires_grad_(epoch > self.opt.freeze_last_layer)
-        if self.monitor[1] > 0:
-            h = float(self.monitor[0] / self.monitor[1])
-            if h < 0.01 * math.log(self.opt.out_dim) or h > 0.99 * math.log(self.opt.out_dim):
-                warnings.warn(f"dino: teacher entropy {h:.3f} (log K = {math.log(self.opt.out_dim):.3f}) signals "
-                              "collapse; check the temperatures and the centre momentum", stacklevel=2)
-        self.monitor.zero_()
+
+    def on_epoch_end(self, epoch: int, train: dict[str, float]) -> dict[str, float]:
+        """Judge the epoch's mean teacher instruments (:class:`CollapseMonitor`); warn (rank 0) when a collapse has
+        lasted ``collapse_patience`` epochs, once per episode. Columns: ``collapse_<mode>_epochs``, the epochs so far
+        in each mode."""
+        h, kl = train.get("train_teacher_entropy"), train.get("train_kl_teacher_uniform")
+        if self.opt.collapse_patience == 0 or h is None or kl is None:
+            return {}
+        mode = self.collapse.update(h, kl)
+        if mode is not None and self.ctx.rank == 0:
+            warnings.warn(self._collapse_message(mode, epoch, h, kl), TeacherCollapseWarning, stacklevel=2)
+        return {f"collapse_{m}_epochs": float(n) for m, n in self.collapse.epochs.items()}
+
+    def _collapse_message(self, mode: str, epoch: int, entropy: float, kl: float) -> str:
+        """What the teacher did in ``mode`` up to ``epoch`` and the settings to change, as a user writes them."""
+        o, c = self.opt, self.collapse
+        k, log_k = o.out_dim, math.log(o.out_dim)
+
+        def setting(key: str, value: Any) -> str:
+            return f"method.{key}=" + (str(value).lower() if isinstance(value, bool) else f"{value:g}")
+
+        def temperatures(scale: float) -> str:
+            return " ".join(setting(key, min(scale * getattr(o, key), o.student_temp))
+                            for key in ("teacher_temp", "teacher_temp_final"))
+
+        if mode == "uniform":
+            what = (f"near-uniform: each image's target spreads over {math.exp(entropy):.0f} of {k} dimensions "
+                    f"(entropy {entropy:.2f} of log K = {log_k:.2f} nats, at least {c.fraction:g}·log K) and the "
+                    f"targets tell at most {math.exp(log_k - entropy):.1f} groups of images apart: the centring "
+                    "dominates the sharpening. To sharpen it")
+            changes = [f"{temperatures(0.5)} (lower temperatures)",
+                       *([setting("use_bn_in_head", True)] if not o.use_bn_in_head else []),
+                       setting("out_dim", max(k // 4, 2)),
+                       *(["method.preset=small"] if any(getattr(o, key) != value
+                                                        for key, value in self.PRESETS["small"].items()) else [])]
+        else:
+            what = (f"on a few dimensions: the batch's mean target spreads over {math.exp(log_k - kl):.1f} of {k} "
+                    f"dimensions (under the square root of the {c.usable} it could use), each image's "
+                    f"over {math.exp(entropy):.1f}: the sharpening dominates the centring. To flatten it")
+            changes = [*([f"{setting('center_momentum', 2 * o.center_momentum - 1)} (a faster centre)"]
+                         if o.center_momentum > 0.5 else []),
+                       f"{temperatures(2.0)} (higher temperatures, at most method.student_temp)",
+                       "a lower optim.lr (e.g. half)"]
+        return (f"dino: for {c.patience} epochs ({epoch - c.patience + 1}–{epoch}) the teacher has been {what}, "
+                f"change one of: {'; '.join(changes)} (docs/methods.md, dino: collapse)")
 
     def teacher_momentum(self, step: int) -> float:
         """EMA momentum of the teacher update after optimiser step ``step`` (0-based): DINO's cosine from
@@ -247,12 +369,10 @@ class DINO(Method):
         loss = dino_loss(student, teacher, self.center, o.student_temp, tau_t)
         with torch.no_grad():
             p = F.softmax((t_out - self.center) / tau_t, -1)
-            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
-            p_mean = p.mean(0)
-            kl_uniform = (p_mean * (p_mean.clamp_min(1e-12) * o.out_dim).log()).sum()
+            entropy, kl_uniform = teacher_instruments(p)
             agreement = (torch.cat(student[:ng]).argmax(-1) == p.argmax(-1)).float().mean()
             update_center(self.center, t_out, self.opt.center_momentum, self.ctx.world)
-        self.monitor += torch.tensor([float(entropy), 1.0], dtype=torch.float64)
+        self.collapse.rows = max(self.collapse.rows, len(t_out))
         stats = {"teacher_entropy": entropy, "kl_teacher_uniform": kl_uniform, "center_norm": self.center.norm(),
                  "student_teacher_agreement": agreement, "teacher_temp": torch.tensor(tau_t),
                  "teacher_momentum": torch.tensor(self.teacher_momentum(self.step))}
@@ -330,18 +450,21 @@ class DINO(Method):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher, centre, step (the momentum schedule's position), the controls' scores and, until they are
-        scored, the network at initialisation."""
+        """Teacher, centre, step (the momentum schedule's position), the collapse counters, the controls' scores
+        and, until they are scored, the network at initialisation."""
         return {"teacher": self.teacher.module.state_dict(), "center": self.center, "step": self.step,
-                "controls": self.controls,
+                "collapse": self.collapse.state_dict(), "controls": self.controls,
                 "init": None if self.init_backbone is None else self.init_backbone.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the teacher, the centre, the schedule position and the controls (a checkpoint written before
-        the controls existed has neither: the run goes on without them)."""
+        """Restore the teacher, the centre, the schedule position, the collapse counters and the controls (a
+        checkpoint written before the counters or the controls existed lacks them: the counters start at 0, the run
+        goes on without controls)."""
         self.teacher.module.load_state_dict(state["teacher"])
         self.center.copy_(state["center"])
         self.step = state["step"]
+        if "collapse" in state:
+            self.collapse.load_state_dict(state["collapse"])
         self.controls = dict(state.get("controls", {}))
         if state.get("init") is None:
             self.init_backbone = None

@@ -317,6 +317,9 @@ class Trainer:
                 row[f"train_{k}"] = float(v) / (float(acc["gradnorm_steps"]) if k.startswith("gradnorm_") else steps)
         metric, n = f"train_{self.task.train_metric}", float(acc["n"])
         row[metric] = 100 * float(acc["correct"]) / n if n > 0 else math.nan
+        epoch_end = self.method.on_epoch_end(epoch, dict(row))
+        self.extra_keys.update(epoch_end)
+        row.update(epoch_end)
         if epoch % self.cfg.train.eval_every == 0 or epoch == self.cfg.train.epochs:
             test = self._evaluate(self.model, self.data.test)
             self.reliability = test.reliability()
