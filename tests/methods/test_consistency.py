@@ -5,16 +5,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from selfdistill.data import Batch
 from selfdistill.losses import kd_loss
+from selfdistill.methods import MethodContext, build_method
 from selfdistill.methods.consistency import jsd
+from selfdistill.models import build_model
+from selfdistill.run import resolve_config
 from tests.helpers import Fixed, id_batch, id_images, make_method, train_one_epoch
 
 OFFICIAL = "https://github.com/winycg/Self-KD-Lib/tree/ede3062d1193626da2bc8a1ceba535d84fb0a08c"
-"""The DDGSD code the ``official`` preset follows (``methods/ddsgd.py``, ``DistillKL`` in ``utils.py``): each view's
-KL towards the other, detached, batch mean × T² at T = 4, as below. That code also halves the mean CE over both
-views and adds 5e-4·(mean f¹ − mean f²)², which the library does not."""
+"""The DDGSD code the ``official`` preset reproduces (``methods/ddsgd.py`` lines 12-24, ``DistillKL`` in ``utils.py``
+lines 101-112, ``main.py`` lines 235 and 312-313): each view's KL towards the other, detached, batch mean × T² at
+T = 4; the CE averaged over both views and halved (``ce_scale: 0.5``); and 5e-4·(mean f¹ − mean f²)² on the pooled
+features (the classifier's input, ``embedding=True``), each mean over all rows and channels (``feat_weight``)."""
 
 
 def test_consistency_identical_views_give_zero_and_the_target_gets_no_gradient():
@@ -62,7 +67,59 @@ def test_consistency_mse_form_by_hand():
     assert float(out.losses["consistency"].detach()) == pytest.approx(float(expected), abs=1e-7)
 
 
-@pytest.mark.parametrize("options", [{}, {"preset": "augmix"}, {"preset": "weak_strong"}],
-                         ids=["defaults", "augmix", "weak_strong"])
+def _setup(model: nn.Module, **opts):
+    spec = resolve_config({"method": {"name": "consistency", **opts}}).method
+    m = build_method(spec, MethodContext(3, 8, 1, 1, torch.device("cpu")))
+    m.setup(model)
+    return m
+
+
+def test_official_preset_by_hand():
+    """The classifier reads the 4 pixels of a 2×2 image; zero weights give logits 0 (CE = ln 3 on each view, no KL).
+    CE halved: ½·ln 3. Feature term: pixels all 1 against all 3, 5e-4·(1 − 3)² = 2e-3."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    nn.init.zeros_(model[1].weight)
+    nn.init.zeros_(model[1].bias)
+    m = _setup(model, preset="official")
+    views = [torch.ones(2, 1, 2, 2), torch.full((2, 1, 2, 2), 3.0)]
+    out = m.training_step(model, Batch(views[0], torch.tensor([0, 2]), torch.arange(2), views), 1)
+    expected = {"ce": 0.5 * math.log(3), "consistency": 0.0, "feat": 2e-3}
+    assert {k: float(v.detach()) for k, v in out.losses.items()} == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def _ddgsd_reference(logit, features, targets, T=4.0):
+    """``DDGSD`` of :data:`OFFICIAL` (``ddsgd.py`` lines 16-22 with ``DistillKL``), re-implemented from reading it,
+    on the logits and pooled features of the two views concatenated; its ``loss_div`` split into the KL and the
+    feature parts."""
+    b = len(logit) // 2
+
+    def distill_kl(y_s, y_t):
+        return F.kl_div(F.log_softmax(y_s / T, 1), F.softmax(y_t / T, 1), reduction="batchmean") * T**2
+
+    loss_cls = F.cross_entropy(logit, torch.cat([targets, targets])) / 2
+    loss_kl = distill_kl(logit[:b], logit[b:].detach()) + distill_kl(logit[b:], logit[:b].detach())
+    loss_feat = 5e-4 * (features[:b].mean() - features[b:].mean()) ** 2
+    return {"ce": loss_cls, "consistency": loss_kl, "feat": loss_feat}
+
+
+def test_official_preset_matches_ddgsd():
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 3)
+    m = _setup(model, preset="official")
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(4, 3, 16, 16, generator=g), 4 * torch.randn(4, 3, 16, 16, generator=g) + 2]
+    y = torch.tensor([0, 1, 2, 0])
+    model.eval()  # the same outputs in the step and below
+    out = m.training_step(model, Batch(views[0], y, torch.arange(4), views), 1)
+    feats = {}
+    model.fc.register_forward_pre_hook(lambda _m, args: feats.update(f=args[0]))
+    logit = model(torch.cat(views))
+    reference = {k: float(v.detach()) for k, v in _ddgsd_reference(logit, feats["f"], y).items()}
+    assert {k: float(v.detach()) for k, v in out.losses.items()} == pytest.approx(reference, rel=1e-5)
+    assert reference["feat"] > 1e-6
+
+
+@pytest.mark.parametrize("options", [{}, {"preset": "augmix"}, {"preset": "weak_strong"}, {"preset": "official"}],
+                         ids=["defaults", "augmix", "weak_strong", "official"])
 def test_one_epoch_end_to_end(tmp_path, options):
     train_one_epoch(tmp_path, {"name": "consistency", **options})

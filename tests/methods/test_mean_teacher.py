@@ -14,9 +14,11 @@ from selfdistill.run import resolve_config
 from tests.helpers import Fixed, id_images, small_bn_net, synthetic_config
 
 OFFICIAL = "https://github.com/CuriousAI/mean-teacher/tree/546348ff863c998c26be4339021425df973b4a36"
-"""Mean Teacher's PyTorch code (``pytorch/main.py``: the EMA model forwarded in training mode;
-``mean_teacher/losses.py``: ``softmax_mse_loss`` summed ÷ K, then ÷ B by the caller, i.e. a mean over B·K) the
-``official`` preset's BatchNorm handling and MSE form below were checked against."""
+"""Mean Teacher's PyTorch code (``pytorch/main.py``: the EMA model forwarded in training mode; the EMA decay warmed
+up as ``min(1 − 1/(global_step + 1), α)``, ``global_step`` counted from 1 at the first update, lines 189-193 and
+289-290; ``mean_teacher/losses.py``: ``softmax_mse_loss`` summed ÷ K, then ÷ B by the caller, i.e. a mean over B·K)
+the ``official`` preset's BatchNorm handling, EMA schedule and MSE form below were checked against. Not reproduced:
+that code initialises the EMA model on its own (another random draw), where the library starts it as the student."""
 
 
 def _method(model, **opts):
@@ -94,6 +96,42 @@ def test_cosine_decay_schedule_reaches_one():
     m.step = 99
     m.after_step(model)
     assert m.ema.decay == pytest.approx(1.0)
+
+
+def test_warmup_decay_by_hand():
+    """One weight, 0 at the start; the student moves to 1, 4, 2, 0. Decays min(1 − 1/(n + 1), 0.7): ½, ⅔, 0.7, 0.7.
+    EMA: ½; ⅔·½ + ⅓·4 = 5/3 (the mean of 0, 1, 4); 0.7·5/3 + 0.3·2 = 53/30; 0.7·53/30 = 371/300."""
+    student = Fixed(torch.zeros(1, 1))
+    m = _method(student, preset="official", ema_decay=0.7)
+    decays, values = [], []
+    for w in (1.0, 4.0, 2.0, 0.0):
+        student.table.data.fill_(w)
+        m.after_step(student)
+        decays.append(m.ema.decay)
+        values.append(float(m.ema.module.table))
+    assert decays == pytest.approx([1 / 2, 2 / 3, 0.7, 0.7])
+    assert values == pytest.approx([1 / 2, 5 / 3, 53 / 30, 371 / 300])
+
+
+def test_official_preset_matches_update_ema_variables():
+    """``update_ema_variables`` of :data:`OFFICIAL` (``main.py`` lines 189-193, called after ``global_step += 1``),
+    re-implemented, against the ``official`` preset over 40 random steps (α = 0.95 is reached at step 19)."""
+    torch.manual_seed(0)
+    model = small_bn_net()
+    model(torch.randn(2, 3, 6, 6))
+    m = _method(model, preset="official", ema_decay=0.95)
+    reference = copy.deepcopy(model)
+    for global_step in range(1, 41):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        m.after_step(model)
+        alpha = min(1 - 1 / (global_step + 1), 0.95)
+        with torch.no_grad():
+            for ema_param, param in zip(reference.parameters(), model.parameters(), strict=True):
+                ema_param.mul_(alpha).add_(param, alpha=1 - alpha)
+    for (name, ours), theirs in zip(m.ema.module.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, msg=name)
 
 
 def test_end_to_end_reports_the_teacher_and_resumes_exactly(tmp_path):

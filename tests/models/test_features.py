@@ -1,9 +1,10 @@
-"""Feature taps: read-only hooks on named modules, their shapes, removal and name suggestions."""
+"""Feature taps: read-only hooks on named modules, their shapes, removal and name suggestions; the classifier."""
 
 import pytest
 import torch
 
 from selfdistill.models import FeatureTaps, build_model, feature_names
+from selfdistill.models.features import last_linear
 
 
 def test_feature_taps_do_not_change_the_output():
@@ -23,3 +24,10 @@ def test_feature_taps_do_not_change_the_output():
     assert taps.features == {}
     with pytest.raises(KeyError, match="Did you mean 'layer1'"):
         FeatureTaps(model, ["layer_1"])
+
+
+def test_last_linear_is_the_classifier():
+    model = build_model("resnet8", 10)
+    assert last_linear(model) is model.fc
+    with pytest.raises(ValueError, match="no linear layer"):
+        last_linear(torch.nn.Conv2d(3, 3, 1))

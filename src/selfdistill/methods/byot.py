@@ -40,6 +40,11 @@ class Bottleneck(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))
 
 
+def pooled(f: Tensor) -> Tensor:
+    """Global average pooling of a ``(B, C, H, W)`` map to ``(B, C)``."""
+    return torch.flatten(F.adaptive_avg_pool2d(f, 1), 1)
+
+
 class AuxHead(nn.Module):
     """``n_down`` bottlenecks to ``channels`` at the deepest stride, global average pooling and a linear layer;
     returns ``(logits, feature map before pooling)``."""
@@ -53,7 +58,7 @@ class AuxHead(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.proj(self.blocks(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1)), f
+        return self.fc(pooled(f)), f
 
 
 class Exit(nn.Module):
@@ -76,11 +81,13 @@ class Exit(nn.Module):
 
 @dataclass
 class BYOTOptions:
-    """BYOT options (default loss: the official journal code's)."""
+    """BYOT options (default: the journal code's logit loss with T² and without its feature term, the ``clean``
+    preset; the ``official`` preset is the journal code's loss)."""
 
     byot_form: Literal["official_journal", "paper", "selfkdlib"] = "official_journal"
-    """``official_journal``: CE(q_N) + Σ 0.7·CE(q_i) + 0.3·H(σ_T(sg q_N), q_i/T); ``paper``: (1−α)·CE on every
-    exit + α·KD_T + λ·feature hint; ``selfkdlib``: CE on every exit + KD_4 + 0.05·MSE feature hint."""
+    """``official_journal``: CE(q_N) + Σ 0.7·CE(q_i) + 0.3·H(σ_T(sg q_N), q_i/T) (+ ``journal_feat_weight``);
+    ``paper``: (1−α)·CE on every exit + α·KD_T + λ·feature hint; ``selfkdlib``: CE on every exit + KD_4 + 0.05·MSE
+    feature hint."""
     taps: list[str] = field(default_factory=list)
     """Modules to attach heads to (empty: every stage but the last, found automatically)."""
     T: float = 3.0
@@ -90,7 +97,11 @@ class BYOTOptions:
     feat_weight: float = 1e-6
     """Feature-hint weight λ of the ``paper`` form (``selfkdlib`` uses 0.05)."""
     t2_scale: bool = True
-    """Multiply the ``official_journal`` soft term by T²."""
+    """Multiply the ``official_journal`` soft term by T² (the journal code does not)."""
+    journal_feat_weight: float = 0.0
+    """``official_journal``: weight of the journal code's feature term ``‖A_i(pool F_i) − sg pool F_N‖`` (``A_i`` a
+    trainable linear layer, the L2 norm of the whole batch's difference) on every head but the deepest one, as its
+    code does (its comment says the shallowest); the journal code: 0.03; 0: off."""
 
 
 @register_method("byot")
@@ -99,7 +110,8 @@ class BYOT(Method):
 
     Options = BYOTOptions
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "official": {"byot_form": "official_journal", "T": 3.0, "alpha": 0.3},
+        "official": {"byot_form": "official_journal", "T": 3.0, "alpha": 0.3, "t2_scale": False,
+                     "journal_feat_weight": 0.03},
         "clean": {"byot_form": "official_journal", "T": 3.0, "alpha": 0.3, "t2_scale": True},
         "paper": {"byot_form": "paper", "T": 3.0, "alpha": 0.1, "feat_weight": 1e-6},
         "selfkdlib": {"byot_form": "selfkdlib", "T": 4.0, "feat_weight": 0.05},
@@ -118,13 +130,17 @@ class BYOT(Method):
         self.heads = nn.ModuleList(
             AuxHead(s.channels, last.channels, max(round(math.log2(s.height / last.height)), 0),
                     self.ctx.num_classes) for s in taps)
+        # the journal code's adaptation layers, one per head but the deepest (pooled head feature → deepest's)
+        self.adapt: nn.ModuleList | None = None
+        if self.opt.journal_feat_weight > 0 and len(taps) > 1:
+            self.adapt = nn.ModuleList(nn.Linear(last.channels, last.channels) for _ in taps[:-1])
         self.hooks = FeatureTaps(net, [s.name for s in taps] + [last.name])
         self.last = last.name
         self._model = net
 
     def trainable_modules(self) -> list[nn.Module]:
-        """The auxiliary heads (optimised, not exported)."""
-        return [self.heads]
+        """The auxiliary heads and the journal feature term's adaptation layers (optimised, not exported)."""
+        return [self.heads] + ([self.adapt] if self.adapt is not None else [])
 
     def head_outputs(self) -> list[tuple[Tensor, Tensor]]:
         """``(logits, pre-pool feature)`` of every head for the last forward."""
@@ -148,6 +164,10 @@ class BYOT(Method):
             losses = {"ce": cross_entropy(q_n, y),
                       "ce_exits": 0.7 * sum(cross_entropy(q, y) for q, _ in exits),
                       "kd_exits": 0.3 * scale * sum(soft)}
+            if self.adapt is not None:
+                t_n = pooled(f_n.detach()).float()
+                losses["hint"] = o.journal_feat_weight * sum(
+                    torch.dist(a(pooled(f)).float(), t_n) for a, (_, f) in zip(self.adapt, exits[:-1], strict=True))
         elif o.byot_form == "paper":
             losses = {"ce": (1 - o.alpha) * (cross_entropy(q_n, y) + sum(cross_entropy(q, y) for q, _ in exits)),
                       "kd_exits": o.alpha * sum(kd_loss(target, q, o.T) for q, _ in exits),

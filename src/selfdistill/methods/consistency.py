@@ -7,11 +7,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
 from ..config import ConfigError
+from ..engine.distributed import unwrap
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_rows
+from ..models.features import last_linear
 from .base import Method, StepOutput, register_method
 
 
@@ -42,6 +44,11 @@ class ConsistencyOptions:
     divergence: Literal["kl", "mse"] = "kl"
     """``symmetric_kl``/``one_way``: KD_T (KL at temperature T) or the mean squared error between the views'
     probabilities (target side detached)."""
+    ce_scale: float = 1.0
+    """Factor on the CE term (DDGSD's code halves its mean over the two views: 0.5)."""
+    feat_weight: float = 0.0
+    """Weight of the feature term ``Σ_{v<w} (mean f^v − mean f^w)²``, ``f^v`` the pooled features (the classifier's
+    input) of view v, each mean over all rows and channels (DDGSD's code: 5e-4 with two views; 0: off)."""
 
 
 @register_method("consistency")
@@ -50,7 +57,7 @@ class AugmentationConsistency(Method):
 
     Options = ConsistencyOptions
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "official": {"form": "symmetric_kl", "views": 2, "T": 4.0, "lam": 1.0},
+        "official": {"form": "symmetric_kl", "views": 2, "T": 4.0, "lam": 1.0, "ce_scale": 0.5, "feat_weight": 5e-4},
         "clean": {"form": "symmetric_kl", "views": 2, "T": 4.0, "lam": 1.0},
         "augmix": {"form": "jsd", "views": 3, "lam": 12.0},
         "weak_strong": {"form": "one_way", "views": 2},
@@ -67,6 +74,15 @@ class AugmentationConsistency(Method):
     def cost(cls, options: ConsistencyOptions) -> float:
         return float(options.views)
 
+    def setup(self, model: nn.Module) -> None:
+        """With ``feat_weight``, hook the classifier's input (the pooled features of all views)."""
+        self.feats: Tensor | None = None
+        if self.opt.feat_weight > 0:
+            last_linear(unwrap(model)).register_forward_pre_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self.feats = args[0]
+
     def _divergence(self, target: Tensor, z: Tensor) -> Tensor:
         o = self.opt
         if o.divergence == "kl":
@@ -79,10 +95,15 @@ class AugmentationConsistency(Method):
         n = len(batch.views)
         z = list(model(torch.cat(batch.views)).chunk(n))
         y = batch.y
+        feat: dict[str, Tensor] = {}
+        if self.feats is not None:
+            means = self.feats.float().flatten(1).chunk(n)
+            feat = {"feat": o.feat_weight * sum((means[v].mean() - means[w].mean()) ** 2
+                                                for v in range(n) for w in range(v + 1, n))}
         if o.form == "jsd":
-            return StepOutput({"ce": cross_entropy(z[0], y), "jsd": o.lam * jsd(z)}, z[0], y)
+            return StepOutput({"ce": o.ce_scale * cross_entropy(z[0], y), "jsd": o.lam * jsd(z), **feat}, z[0], y)
         ce = sum(cross_entropy(zv, y) for zv in z) / n
         pairs = [(0, n - 1)] if o.form == "one_way" else [(w, v) for v in range(n) for w in range(n) if v != w]
         cons = sum(self._divergence(z[w].detach(), z[v]) for w, v in pairs)
-        return StepOutput({"ce": ce, "consistency": o.lam * cons}, z[0], y,
+        return StepOutput({"ce": o.ce_scale * ce, "consistency": o.lam * cons, **feat}, z[0], y,
                           {"view_agree": (z[0].argmax(1) == z[-1].argmax(1)).float().mean()})

@@ -26,6 +26,7 @@ from ..batch import Batch, DataRequirements, MultiCrop
 from ..config import limited
 from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
+from ..models.features import last_linear
 from .base import Method, StepOutput, register_method
 
 PIXEL_SIDE = 32
@@ -261,7 +262,7 @@ class DINO(Method):
         network at initialisation that the controls score."""
         o = self.opt
         net = unwrap(model)
-        fc = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        fc = last_linear(net)
         fc.requires_grad_(False)  # no loss reads the logits; DDP (wrapped after set-up) then expects no gradient
         self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
                              norm_last_layer=o.norm_last_layer, use_bn=o.use_bn_in_head).to(self.ctx.device)
@@ -273,7 +274,7 @@ class DINO(Method):
         for key, backbone in (("student", net), ("teacher", self.teacher.module["backbone"]),
                               ("init", self.init_backbone)):
             if backbone is not None:
-                last = [m for m in backbone.modules() if isinstance(m, nn.Linear)][-1]
+                last = last_linear(backbone)
                 last.register_forward_pre_hook(partial(self._keep_features, key))
         self.center = torch.zeros(1, o.out_dim, device=self.ctx.device)
         self.step = 0

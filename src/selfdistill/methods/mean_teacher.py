@@ -30,8 +30,10 @@ class MeanTeacherOptions:
     """Fraction of training over which the weight ramps up as ``exp(−5(1 − t)²)``."""
     ema_decay: float = 0.999
     """EMA decay per step (the start value under the cosine schedule)."""
-    ema_schedule: Literal["constant", "cosine"] = "constant"
-    """``cosine``: decay rises from ``ema_decay`` to 1 over training (DINO-style)."""
+    ema_schedule: Literal["constant", "cosine", "warmup"] = "constant"
+    """``cosine``: decay rises from ``ema_decay`` to 1 over training (DINO-style); ``warmup``: update n (1-based)
+    uses ``min(1 − 1/(n + 1), ema_decay)``, the true average of the weights so far until it reaches ``ema_decay``
+    (Mean Teacher's code)."""
     consistency: Literal["kl", "mse_prob"] = "kl"
     """``kl``: KD_T(sg z_t, z_s); ``mse_prob``: mean squared error between the probabilities (the original form)."""
     student_view: Literal["weak", "strong"] = "weak"
@@ -55,7 +57,8 @@ class MeanTeacher(Method):
     """Mean teacher: CE on the student view + λ(e)·consistency with the EMA model's prediction on a weak view."""
 
     Options = MeanTeacherOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"consistency": "mse_prob", "teacher_bn": "batch"},
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"consistency": "mse_prob", "teacher_bn": "batch",
+                                                                 "ema_schedule": "warmup"},
                                                     "clean": {"consistency": "kl", "teacher_bn": "batch"}}
 
     @classmethod
@@ -121,3 +124,5 @@ class MeanTeacher(Method):
     def _schedule_decay(self) -> None:
         if self.opt.ema_schedule == "cosine":
             self.ema.decay = cosine_to_one(self.opt.ema_decay, self.step, self.ctx.epochs * self.ctx.steps_per_epoch)
+        elif self.opt.ema_schedule == "warmup":
+            self.ema.decay = min(1 - 1 / (self.step + 1), self.opt.ema_decay)

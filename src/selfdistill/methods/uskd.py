@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,16 @@ def uskd_target_weights(s_y: Tensor, world: int = 1) -> Tensor:
     return sq + 1 - batch_mean(sq, world)
 
 
-def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
+def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor, rank_by: Literal["prob", "log_prob"] = "prob",
+                           rank_scope: Literal["all", "nontarget"] = "nontarget") -> Tensor:
     """Zipf (1/rank) soft labels over the non-target classes, ranked by ``softmax(w)_c/(1 − softmax(w)_y) +
-    s_c/(1 − s_y)``; 0 at the label, rows sum to 1."""
-    s, sw = z.detach().float().softmax(1), w.detach().float().softmax(1)
+    s_c/(1 − s_y)``, ``s`` the probabilities or (``log_prob``) the log-probabilities of ``z``; ranks count the
+    label's own place with ``rank_scope="all"``. 0 at the label, rows sum to 1."""
+    z = z.detach().float()
+    s, sw = (F.log_softmax(z, 1) if rank_by == "log_prob" else z.softmax(1)), w.detach().float().softmax(1)
     s_y, sw_y = s.gather(1, y[:, None]), sw.gather(1, y[:, None])
     score = sw / (1 - sw_y).clamp_min(1e-12) + s / (1 - s_y).clamp_min(1e-12)
-    return zipf_targets(score, y, power=1.0, rank_scope="nontarget")
+    return zipf_targets(score, y, power=1.0, rank_scope=rank_scope)
 
 
 @dataclass
@@ -45,6 +48,12 @@ class USKDOptions:
     """Weight of the weak head's label-smoothed CE (ImageNet: 0.005)."""
     tap: str = ""
     """Module feeding the weak head (empty: the penultimate stage, found automatically)."""
+    rank_by: Literal["prob", "log_prob"] = "prob"
+    """The network's part of the non-target ranking score ``s_c/(1 − s_y)``: ``s`` its probabilities (the library's
+    reading) or its log-probabilities (the official code's). Not the same ranking: the weak head's part is added."""
+    rank_scope: Literal["all", "nontarget"] = "nontarget"
+    """Rank the non-target classes among themselves, or among all classes with the label's own place counted before
+    it is dropped (the official code)."""
 
 
 @register_method("uskd")
@@ -52,7 +61,8 @@ class UniversalSelfKD(Method):
     """USKD: CE + α·normalised target term + β·Zipf non-target term + a weak auxiliary head on a shallower stage."""
 
     Options = USKDOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"alpha": 0.1, "beta": 0.1, "mu": 0.1},
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"alpha": 0.1, "beta": 0.1, "mu": 0.1,
+                                                                 "rank_by": "log_prob", "rank_scope": "all"},
                                                     "clean": {"alpha": 0.1, "beta": 0.1, "mu": 0.1},
                                                     "imagenet": {"alpha": 1.0, "beta": 0.1, "mu": 0.005}}
 
@@ -88,7 +98,7 @@ class UniversalSelfKD(Method):
             target = -(p * log_s_y).mean()
             gt = F.one_hot(y, k).bool()
             log_nt = F.log_softmax(z.float().masked_fill(gt, -math.inf), 1).masked_fill(gt, 0.0)
-            nontarget = -(uskd_nontarget_targets(z, w, y) * log_nt).sum(1).mean()
+            nontarget = -(uskd_nontarget_targets(z, w, y, o.rank_by, o.rank_scope) * log_nt).sum(1).mean()
         smooth = 0.9 * F.one_hot(y, k).float() + 0.1 / k
         return StepOutput({"ce": cross_entropy(z, y), "target": o.alpha * target, "nontarget": o.beta * nontarget,
                            "weak": o.mu * soft_cross_entropy(w, smooth)}, z, y,

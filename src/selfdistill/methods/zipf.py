@@ -40,7 +40,10 @@ class ZipfOptions:
     rank_scope: Literal["all", "nontarget"] = "all"
     """Rank over all classes before the label is dropped, or over the non-target classes only."""
     mask_correct: bool = False
-    """Apply the KL only to samples classified correctly (others contribute 0 to the batch mean)."""
+    """Apply the KL only to samples classified correctly."""
+    mask_mean: Literal["batch", "correct"] = "batch"
+    """With ``mask_correct``: the KL's mean over the batch (misclassified rows count 0) or over the correctly
+    classified rows (the official code's ``--mask``; 0 when there are none)."""
 
 
 @register_method("zipf")
@@ -48,7 +51,8 @@ class ZipfLabelSmoothing(Method):
     """Zipf's LS: CE + λ·KL(q ‖ softmax of the non-target logits), q from the network's own Zipf-ranked votes."""
 
     Options = ZipfOptions
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"score": "dense"}, "clean": {"score": "dense"}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"score": "dense", "mask_mean": "correct"},
+                                                    "clean": {"score": "dense"}}
 
     def setup(self, model: nn.Module) -> None:
         """The feature map is found on the first step (the last 4-D output that feeds the final linear layer)."""
@@ -96,5 +100,8 @@ class ZipfLabelSmoothing(Method):
             log_p = F.log_softmax(z.float().masked_fill(gt, -math.inf), 1).masked_fill(gt, 0.0)
         kl = kl_rows(q, log_p)
         if o.mask_correct:
-            kl = kl * (z.detach().argmax(1) == y).float()
+            correct = (z.detach().argmax(1) == y).float()
+            kl = kl * correct
+            if o.mask_mean == "correct":  # the batch mean becomes the mean over the correct rows
+                kl = kl * (len(y) / correct.sum().clamp_min(1))
         return StepOutput({"ce": cross_entropy(z, y), "zipf": o.lam * kl.mean()}, z, y)

@@ -46,6 +46,14 @@ class FeatureTaps:
         self._handles.clear()
 
 
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last ``nn.Linear`` (the classifier of the zoo's networks; its input is the pooled feature)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no linear layer (a classifier reading pooled features is needed)")
+    return linears[-1]
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage output of a backbone: module name, channels and spatial size (for an input of the probed size)."""
