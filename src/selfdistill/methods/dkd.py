@@ -72,8 +72,8 @@ class DecoupledKD(TeacherMethod):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
-        zt = self.teacher(batch.x)  # the teacher first: on CPU its forward ran ~1.5x faster
-        # before the student's than after it (benchmarks/throughput/report_peer.md); the values are the same
+        zt = self.teacher(batch.x)  # the teacher first (same values): on CPU its forward ran
+        # slower after the student's (benchmarks/throughput/README.md, beside torchdistill)
         zs = model(batch.x)
         tckd, nckd = dkd_terms(zt, zs, batch.y, o.T, o.nckd_mask)
         ramp = min(epoch / o.warmup, 1.0) if o.warmup > 0 else 1.0

@@ -39,8 +39,8 @@ class HintonKD(TeacherMethod):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         o = self.opt
-        zt = self.teacher(batch.x)  # the teacher first: on CPU its forward ran ~1.5x faster
-        # before the student's than after it (benchmarks/throughput/report_peer.md); the values are the same
+        zt = self.teacher(batch.x)  # the teacher first (same values): on CPU its forward ran
+        # slower after the student's (benchmarks/throughput/README.md, beside torchdistill)
         zs = model(batch.x)
         return StepOutput({"ce": o.w_ce * cross_entropy(zs, batch.y),
                            "kd": o.w_kd * kd_loss(zt, zs, o.T, o.kl_reduction)}, zs, batch.y)
