@@ -113,7 +113,7 @@ from selfdistill.methods import MethodContext
 from selfdistill.methods.dino import DINO, DINOOptions
 from selfdistill.run import resolve_config
 from selfdistill.run.evaluation import evaluate_split, without_count
-from selfdistill.run.resolve import resolve_amp, resolve_device
+from selfdistill.run.resolve import apply_runtime, resolve_amp
 from selfdistill.tasks import get_task
 
 PEER = "lightly"
@@ -248,11 +248,7 @@ class PeerRun:
         """Data, network, evaluator, lightly's parts, optimiser and schedule, in the order the trainer builds them
         (so the network's initialisation is the selfdistill run's)."""
         cfg = self.cfg
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = resolve_device(cfg.train.device)
+        self.device = apply_runtime(cfg)
         self.amp = resolve_amp(cfg.train.amp, self.device)
         seed_everything(cfg.seed)
         self.fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format

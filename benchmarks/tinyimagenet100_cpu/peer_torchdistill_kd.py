@@ -49,7 +49,7 @@ from selfdistill.engine.optim import lr_factor
 from selfdistill.engine.summary import RunSummary, metric_results, run_environment
 from selfdistill.run import resolve_config
 from selfdistill.run.evaluation import evaluate_split, without_count
-from selfdistill.run.resolve import resolve_device
+from selfdistill.run.resolve import apply_runtime
 from selfdistill.run.trainer import eval_input
 from selfdistill.tasks import get_task
 
@@ -190,9 +190,7 @@ def train_one(cfg: RunConfig, teacher_model: str, limit: int, log: Callable[[str
     task = get_task(cfg.task)
     run_dir = Path(cfg.out) / cfg.run_name()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = apply_runtime(cfg)
     amp = {"none": None, "bf16": torch.bfloat16}[cfg.train.amp]
     autocast: Callable[[], Any] = (contextlib.nullcontext if amp is None
                                    else lambda: torch.autocast(device.type, dtype=amp))

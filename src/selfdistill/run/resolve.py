@@ -53,6 +53,16 @@ def parse_device(name: str) -> torch.device | None:
     return device
 
 
+def apply_runtime(cfg: RunConfig) -> torch.device:
+    """What a run sets in torch before it builds anything: the thread count (``train.threads``), deterministic
+    algorithms (``train.deterministic``); returns the run's device (:func:`resolve_device`)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return resolve_device(cfg.train.device)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else CPU; a device this machine does not have is a :class:`ConfigError`
     (raised before any data is read)."""

@@ -24,7 +24,7 @@ from ..engine.trackers import open_tracker
 from ..methods import MethodContext
 from ..tasks import get_task
 from .evaluation import evaluate_split, without_count
-from .resolve import resolve_amp, resolve_device
+from .resolve import apply_runtime, resolve_amp
 from .resume import CHECKPOINT, check_resume_config, check_run_dir
 
 COUNTERS = ("n", "correct", "steps", "gradnorm_steps", "images")  # epoch accumulators not logged as means
@@ -58,11 +58,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.cfg
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = resolve_device(cfg.train.device)
+        self.device = apply_runtime(cfg)
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
