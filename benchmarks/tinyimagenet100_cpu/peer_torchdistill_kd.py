@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from selfdistill.config import ConfigError, RunConfig, save_yaml, to_dict
 from selfdistill.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from selfdistill.engine.logging import write_csv
-from selfdistill.engine.optim import lr_factor
+from selfdistill.engine.optim import lr_multiplier
 from selfdistill.engine.summary import RunSummary, metric_results, run_environment
 from selfdistill.run import resolve_config
 from selfdistill.run.evaluation import evaluate_split, without_count
@@ -83,17 +83,6 @@ def register_forward_procs() -> None:
     register_forward_proc_func(forward_batch_only_fp32_kept)
 
 
-def lr_lambda(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The LR multiplier of selfdistill's per-step schedule (warm-up, cosine to ``min_lr`` or multistep)."""
-    floor = cfg.sched.min_lr / cfg.optim.lr
-
-    def fn(step: int) -> float:
-        f = lr_factor(step, cfg.sched, steps_per_epoch, cfg.train.epochs)
-        return floor + (1 - floor) * f if cfg.sched.name == "cosine" else f
-
-    return fn
-
-
 def train_config(cfg: RunConfig, steps_per_epoch: int) -> dict[str, Any]:
     """The DistillationBox's train config (no data loaders: the batches come from selfdistill's data module)."""
     m = cfg.method
@@ -108,12 +97,13 @@ def train_config(cfg: RunConfig, steps_per_epoch: int) -> dict[str, Any]:
         "student_module_path": ".", "student_module_io": "output", "teacher_module_path": ".",
         "teacher_module_io": "output", "temperature": m["T"], "alpha": m["w_ce"], "beta": m["w_kd"],
         "reduction": m["kl_reduction"]}}
+    multiplier = lr_multiplier(cfg.sched, cfg.optim.lr, steps_per_epoch, cfg.train.epochs)  # selfdistill's schedule
     return {
         "num_epochs": cfg.train.epochs,
         "teacher": {**model, "forward_proc": "forward_batch_only_fp32", "requires_grad": False},
         "student": {**model, "forward_proc": "forward_batch_only_fp32_kept", "requires_grad": True},
         "optimizer": optimizer,
-        "scheduler": {"key": "LambdaLR", "kwargs": {"lr_lambda": lr_lambda(cfg, steps_per_epoch)},
+        "scheduler": {"key": "LambdaLR", "kwargs": {"lr_lambda": multiplier},
                       "scheduling_step": 1},
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd, "weight": 1.0}}}},
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -62,13 +62,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, base_lr:
     if cfg.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=base_lr, total_steps=steps_per_epoch * epochs,
                                                    pct_start=cfg.pct_start, cycle_momentum=False)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, base_lr, steps_per_epoch, epochs))
+
+
+def lr_multiplier(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """The learning-rate multiplier after optimiser step ``step`` of the schedules other than ``onecycle``: warm-up,
+    then cosine down to ``min_lr`` (a fraction of ``base_lr``) or the multistep decay."""
     floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
 
     def fn(step: int) -> float:
         f = lr_factor(step, cfg, steps_per_epoch, epochs)
         return floor + (1 - floor) * f if cfg.name == "cosine" else f
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return fn
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -96,8 +96,12 @@ class AugmentationConsistency(Method):
         z = list(model(torch.cat(batch.views)).chunk(n))
         y = batch.y
         feat: dict[str, Tensor] = {}
-        if self.feats is not None:
-            means = self.feats.float().flatten(1).chunk(n)
+        feats, self.feats = self.feats, None  # this step's forward only: never a stale (e.g. evaluation) batch
+        if o.feat_weight > 0:
+            if feats is None or len(feats) != sum(len(v) for v in batch.views):
+                raise RuntimeError("consistency: feat_weight > 0 but the step's forward did not pass the classifier "
+                                   "that setup hooked (the model's last nn.Linear)")
+            means = feats.float().flatten(1).chunk(n)
             feat = {"feat": o.feat_weight * sum((means[v].mean() - means[w].mean()) ** 2
                                                 for v in range(n) for w in range(v + 1, n))}
         if o.form == "jsd":

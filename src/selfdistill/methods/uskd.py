@@ -64,7 +64,8 @@ class UniversalSelfKD(Method):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"official": {"alpha": 0.1, "beta": 0.1, "mu": 0.1,
                                                                  "rank_by": "log_prob", "rank_scope": "all"},
                                                     "clean": {"alpha": 0.1, "beta": 0.1, "mu": 0.1},
-                                                    "imagenet": {"alpha": 1.0, "beta": 0.1, "mu": 0.005}}
+                                                    "imagenet": {"alpha": 1.0, "beta": 0.1, "mu": 0.005,
+                                                                 "rank_by": "log_prob", "rank_scope": "all"}}
 
     def setup(self, model: nn.Module) -> None:
         """Attach the weak head (pooling + linear) to the penultimate stage or the named tap."""
