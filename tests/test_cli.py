@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from selfdistill.cli import main
+from selfdistill.cli import build_parser, main
 
 
 def test_list_commands(capsys):
@@ -137,3 +137,8 @@ def test_demo_prints_its_table(tmp_path):
         assert delta == "–" if label == "ce" else len(delta.split(",")) == 3
     assert len(list(tmp_path.glob("demo_digits_*_s[012]/summary.json"))) == 9
     assert "docs/results.md" in out.stdout
+
+
+def test_report_command_option_does_not_shadow_the_subcommand():
+    args = build_parser().parse_args(["report", "runs", "--readme", "docs/results.md", "--command", "selfdistill bench"])
+    assert args.command == "report" and args.quoted_command == "selfdistill bench"

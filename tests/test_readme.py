@@ -88,7 +88,7 @@ def check_selfdistill(argv: list[str], state: dict[str, Any]) -> None:
     except SystemExit as exc:
         assert exc.code == 0, f"`{shown}` does not parse: {err.getvalue().strip()}"
         return  # --help, --version
-    command = args.func.__name__.removeprefix("_cmd_")  # not args.command: report's --command option shadows it
+    command = args.command
     try:
         if command == "train":
             overrides = [*args.overrides, *([f"out={args.out}"] if args.out else [])]

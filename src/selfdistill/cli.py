@@ -203,7 +203,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
     print(f"report written to {out}")
     if args.readme:
-        update_readme(args.readme, out, args.command or f"selfdistill report {' '.join(args.runs_dir)}")
+        update_readme(args.readme, out, args.quoted_command or f"selfdistill report {' '.join(args.runs_dir)}")
         print(f"results block of {args.readme} updated")
     return 0
 
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
     r.add_argument("--readme", help="also replace the results block of this markdown file (e.g. docs/results.md) "
                                     "with the report's tables")
-    r.add_argument("--command", help="the command line quoted in the results block (how the runs were produced)")
+    r.add_argument("--command", dest="quoted_command",  # not ``command``: that names the subcommand
+                   help="the command line quoted in the results block (how the runs were produced)")
     r.add_argument("--results", help="with --readme and/or --headline: build the blocks from several reports listed "
                                      "in this YAML file (report, command, heading, optional headline per entry)")
     r.add_argument("--headline", help="with --results: replace the headline block of this markdown file (e.g. "
