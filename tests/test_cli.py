@@ -140,5 +140,6 @@ def test_demo_prints_its_table(tmp_path):
 
 
 def test_report_command_option_does_not_shadow_the_subcommand():
-    args = build_parser().parse_args(["report", "runs", "--readme", "docs/results.md", "--command", "selfdistill bench"])
+    argv = ["report", "runs", "--readme", "docs/results.md", "--command", "selfdistill bench"]
+    args = build_parser().parse_args(argv)
     assert args.command == "report" and args.quoted_command == "selfdistill bench"
