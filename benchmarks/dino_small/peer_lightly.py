@@ -110,7 +110,8 @@ from selfdistill.engine.logging import format_epoch, write_csv
 from selfdistill.engine.optim import build_optimizer, build_scheduler, term_grad_norms
 from selfdistill.engine.summary import RunSummary, metric_results, run_environment
 from selfdistill.methods import MethodContext
-from selfdistill.methods.dino import DINO, DINOOptions
+from selfdistill.methods.dino import DINO, DINOOptions, teacher_instruments
+from selfdistill.models.features import last_linear
 from selfdistill.run import resolve_config
 from selfdistill.run.evaluation import evaluate_split, without_count
 from selfdistill.run.resolve import apply_runtime, resolve_amp
@@ -214,13 +215,11 @@ class MultiCropViews(Dataset):
         return self.transform(to_pil_image(self.images[i])), self.labels[i]
 
 
-def instruments(t_out: Tensor, center: Tensor, tau_t: float, student_global: Tensor, out_dim: int) -> dict[str, Tensor]:
+def instruments(t_out: Tensor, center: Tensor, tau_t: float, student_global: Tensor) -> dict[str, Tensor]:
     """The collapse monitors selfdistill's DINO logs, from the teacher's outputs and the centre before its update."""
     p = F.softmax((t_out - center) / tau_t, -1)
-    p_mean = p.mean(0)
-    return {"teacher_entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean(),
-            "kl_teacher_uniform": (p_mean * (p_mean.clamp_min(1e-12) * out_dim).log()).sum(),
-            "center_norm": center.norm(),
+    entropy, kl_uniform = teacher_instruments(p)
+    return {"teacher_entropy": entropy, "kl_teacher_uniform": kl_uniform, "center_norm": center.norm(),
             "student_teacher_agreement": (student_global.argmax(-1) == p.argmax(-1)).float().mean()}
 
 
@@ -277,7 +276,7 @@ class PeerRun:
         # initialisation for the controls and hooks the pooled features of student, teacher and that copy
         self.evaluator = DINO(self.opts, ctx)
         self.evaluator.setup(self.model)
-        fc = [m for m in self.model.modules() if isinstance(m, nn.Linear)][-1]
+        fc = last_linear(self.model)
         self.head, teacher_head = lightly_heads(fc.in_features, self.opts)
         self.head.to(self.device)
         self.teacher = self.evaluator.teacher.module  # {"backbone": the set-up copy of the network, "head"}
@@ -326,8 +325,7 @@ class PeerRun:
         tau_t = teacher_temp(self.criterion, epoch)
         momentum = cosine_schedule(self.step, self.total_steps, self.opts.momentum_teacher, 1.0)
         with torch.no_grad():
-            stats = instruments(t_out, self.criterion.center.reshape(1, -1), tau_t, torch.cat(student[:ng]).float(),
-                                self.opts.out_dim)
+            stats = instruments(t_out, self.criterion.center.reshape(1, -1), tau_t, torch.cat(student[:ng]).float())
         with torch.autocast(self.device.type, enabled=False):
             loss = self.criterion(list(t_out.chunk(ng)), [s.float() for s in student], epoch=epoch - 1)
         if not bool(torch.isfinite(loss)):
