@@ -158,7 +158,7 @@ def headline_lines(headline: Headline, doc: Path, results_doc: Path | None = Non
     first_table = next((i for i, line in enumerate(section) if line.startswith("|")), None)
     if first_table is None:
         raise ConfigError(f"{report}, section '{lines[start][3:].strip()}': no table")
-    description = [line for line in section[:first_table] if line]
+    description = [_relink(line, folder) for line in section[:first_table] if line]
     table = []
     for line in section[first_table:]:
         if not line.startswith("|"):
