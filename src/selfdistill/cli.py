@@ -193,6 +193,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError("name the run folders to report (or --results with --readme or --headline)")
     if args.relabel and not args.compare:
         raise ConfigError("--relabel renames labels in a --compare table; add --compare")
+    if args.ladder and args.compare:
+        raise ConfigError("--ladder adds a table to a report, not to a --compare table; drop one of them")
     if args.compare:
         from .bench.compare import parse_relabel, write_comparison
 
@@ -200,7 +202,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         relabel = parse_relabel(args.relabel, list(named))
         print(f"comparison written to {write_comparison(named, args.out or 'comparison', args.baseline, relabel)}")
         return 0
-    out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split)
+    out = write_report(args.runs_dir, args.out, baseline=args.baseline, split=args.split, ladder=tuple(args.ladder))
     print(f"report written to {out}")
     if args.readme:
         update_readme(args.readme, out, args.quoted_command or f"selfdistill report {' '.join(args.runs_dir)}")
@@ -316,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compare: rename benchmark NAME's method label OLD to NEW (repeatable), e.g. when "
                         "a method's defaults changed after that benchmark ran")
     r.add_argument("--baseline", default="ce", help="method label the gains are measured against")
+    r.add_argument("--ladder", action="append", default=[], metavar="LABEL",
+                   help="a rung of the gain ladder (repeatable, in order, each adding one thing to the one before): "
+                        "each step's paired gain over the rung before it, e.g. --ladder ce --ladder 'ips(p_swap=0.0, "
+                        "lambda_kd=0.0)' --ladder 'ips(lambda_kd=0.0)' --ladder ips")
     r.add_argument("--readme", help="also replace the results block of this markdown file (e.g. docs/results.md) "
                                     "with the report's tables")
     r.add_argument("--command", dest="quoted_command",  # not ``command``: that names the subcommand

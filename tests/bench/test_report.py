@@ -192,9 +192,10 @@ def test_sections_are_registered_in_order_and_test_only_ones_stay_out_of_a_valid
     from selfdistill.bench.report.sections import section, sections
 
     names = [s.name for s in sections("test")]
-    assert names == ["table", "cost", "machines", "training fit", "teachers", "other models", "generations",
+    assert names == ["table", "cost", "ladder", "machines", "training fit", "teachers", "other models", "generations",
                      "self-supervised", "per class", "curves", "reliability", "diagnostics"]
-    assert [s.name for s in sections("val")] == ["table", "cost", "machines", "training fit", "curves", "diagnostics"]
+    assert [s.name for s in sections("val")] == ["table", "cost", "ladder", "machines", "training fit", "curves",
+                                                 "diagnostics"]
     with pytest.raises(ValueError, match="registered twice"):
         section("generations", 1)(lambda group: [])
 
@@ -248,3 +249,33 @@ def test_cost_figure_places_methods_at_their_step_time_and_ce_at_k_times_the_epo
         figure_line = lines.index(f"![{metric} against training cost](cost_x_m.png)")
         assert lines[figure_line - 2].startswith("| `kd` |")  # under the main table
         assert "`ce` trained for k× the epochs" in lines[figure_line + 2] and "Hollow markers" in lines[figure_line + 2]
+
+
+def test_gain_ladder_steps_are_paired_on_the_seeds_every_rung_has_and_add_up():
+    from selfdistill.bench.report import ladder_lines
+
+    def run(seed: int, top1: float) -> Run:
+        return Run(summary=RunSummary(seed=seed, metrics=["top1"], last={"test_top1": top1}), rows=[])
+
+    ce = Cell("ce", [run(0, 30.0), run(1, 31.0), run(2, 32.0), run(3, 50.0)])  # seed 3: only CE has it
+    partner = Cell("control", [run(0, 31.0), run(1, 31.5), run(2, 33.5)])  # +1.0, +0.5, +1.5 over CE
+    swap = Cell("swap", [run(2, 34.5), run(0, 32.0), run(1, 33.5)])  # +1.0, +2.0, +1.0 over the control
+    ips = Cell("ips", [run(0, 33.0), run(1, 33.5), run(2, 36.5)])  # +1.0, 0.0, +2.0 over the swap
+    lines = ladder_lines([ce, partner, swap, ips], ["ce", "control", "swap", "ips"])
+    assert "the 3 seed(s) every rung has (0, 1, 2)" in lines[1]
+    rows = [line.split(" | ") for line in lines[5:-1]]
+    assert [r[1] for r in rows[:4]] == ["31.00", "32.00", "33.33", "34.33"]  # CE's mean without seed 3
+    assert [r[2] for r in rows] == ["–", "+1.00 ± 0.50 (n=3)", "+1.33 ± 0.58 (n=3)", "+1.00 ± 1.00 (n=3)",
+                                    "+3.33 ± 1.04 (n=3)"]  # 1.00 + 1.33 + 1.00 = 3.33; gains 3, 2.5, 4.5
+    assert rows[4][0] == "| all steps: `ips` over `ce`"
+    assert rows[4][3] == f"{paired_p([33.0, 33.5, 36.5], [30.0, 31.0, 32.0]):.3f} |"
+    # on the validation split it reads the last epoch's validation value, never the test one
+    val = [Cell(c.label, [Run(summary=r.summary, rows=[{"val_top1": r.summary.last["test_top1"] - 10.0}])
+                          for r in c.runs]) for c in (ce, ips)]
+    val_lines = ladder_lines(val, ["ce", "ips"], "val")
+    assert "paired val top-1 gain" in val_lines[1]
+    assert [line.split(" | ")[1] for line in val_lines[5:7]] == ["21.00", "24.33"]
+    # a group without the rungs, one without all of them, rungs without a shared seed
+    assert ladder_lines([Cell("kd", [run(0, 1.0)])], ["ce", "ips"]) == []
+    assert "`control`, `swap`" in ladder_lines([ce, ips], ["ce", "control", "swap", "ips"])[1]
+    assert "share no seed" in ladder_lines([ce, Cell("late", [run(7, 1.0)])], ["ce", "late"])[1]

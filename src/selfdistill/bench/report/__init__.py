@@ -7,14 +7,15 @@ step time relative to the baseline. Also a CSV of every run, test-accuracy curve
 accuracy against training cost (PNG).
 
 Modules: :mod:`.runs` loads and labels runs, :mod:`.stats` holds the statistics, :mod:`.sections` the registry of a
-group's markdown sections (built by :mod:`.table`, :mod:`.cost`, :mod:`.breakdowns`, :mod:`.generations`,
-:mod:`.plots` and :mod:`.diagnostics`), :mod:`.write` writes ``report.md`` and :mod:`.runs_csv` ``runs.csv``,
-:mod:`.readme` splices reports into a markdown file's generated blocks (results, headline).
+group's markdown sections (built by :mod:`.table`, :mod:`.ladder`, :mod:`.cost`, :mod:`.breakdowns`,
+:mod:`.generations`, :mod:`.plots` and :mod:`.diagnostics`), :mod:`.write` writes ``report.md`` and :mod:`.runs_csv`
+``runs.csv``, :mod:`.readme` splices reports into a markdown file's generated blocks (results, headline).
 """
 
 from .breakdowns import eval_model_lines, per_class_lines, self_supervised_lines, teacher_lines
 from .diagnostics import diagnostics_lines
 from .generations import generation_lines
+from .ladder import ladder_lines
 from .readme import (
     HEADLINE_END,
     HEADLINE_START,
@@ -34,6 +35,6 @@ from .write import write_report
 
 __all__ = ["HEADLINE_END", "HEADLINE_START", "LABELS", "README_END", "README_START", "Cell", "Group", "Headline", "Run",
            "diagnostics_lines", "epoch_timing", "eval_model_lines", "fit_lines", "fmt", "fmt_gain", "generation_lines",
-           "group_table", "headline_sections", "load_runs", "machine_lines", "mean_std", "paired", "paired_cells",
-           "paired_p", "per_class_lines", "results_sections", "section", "self_supervised_lines", "step_ratio",
-           "teacher_lines", "update_headline", "update_readme", "write_report"]
+           "group_table", "headline_sections", "ladder_lines", "load_runs", "machine_lines", "mean_std", "paired",
+           "paired_cells", "paired_p", "per_class_lines", "results_sections", "section", "self_supervised_lines",
+           "step_ratio", "teacher_lines", "update_headline", "update_readme", "write_report"]

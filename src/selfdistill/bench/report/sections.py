@@ -32,6 +32,8 @@ class Group:
     """``test``, or ``val`` for a screening report that must not read the test split."""
     out: Path
     """The report's folder: where a section writes its figures."""
+    ladder: tuple[str, ...] = ()
+    """Method labels of a gain ladder, in rung order (:mod:`.ladder`); empty for none."""
 
     @property
     def supervised(self) -> list[Cell]:

@@ -11,15 +11,17 @@ from ...config import ConfigError
 
 # the modules that register the built-in sections
 from . import breakdowns, cost, diagnostics, generations, plots, table  # noqa: F401
+from . import ladder as _ladder_section  # noqa: F401
 from .runs import Cell, load_runs
 from .runs_csv import write_csv
 from .sections import Group, group_lines
 
 
-def _header(dirs: list[Path], n_runs: int, baseline: str, split: str) -> list[str]:
+def _header(dirs: list[Path], n_runs: int, baseline: str, split: str, ladder: tuple[str, ...]) -> list[str]:
     """The report's title, the command that reproduces it and how to read its tables."""
     source = shlex.join([*map(str, dirs), *(["--split", "val"] if split == "val" else []),
-                         *(["--baseline", baseline] if baseline != "ce" else [])])
+                         *(["--baseline", baseline] if baseline != "ce" else []),
+                         *(a for label in ladder for a in ("--ladder", label))])
     if split == "val":
         what = ["Metrics are on the validation split (held out of the training images): the numbers a choice of",
                 "setting may read. 'Last' is the final epoch, 'best epoch' the epoch of the best validation value;",
@@ -48,10 +50,11 @@ def _group_heading(group: Group) -> list[str]:
 
 
 def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | None = None, baseline: str = "ce",
-                 split: str = "test") -> Path:
+                 split: str = "test", ladder: tuple[str, ...] = ()) -> Path:
     """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dirs`` (one folder or several);
     returns the markdown path. ``split='val'`` builds the tables and curves from the validation split only (a
-    screening of settings, which must not read the test split)."""
+    screening of settings, which must not read the test split); ``ladder`` (method labels in rung order) adds the
+    gain-ladder table of :mod:`.ladder` to each group that has its rungs."""
     dirs = [Path(d) for d in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
     runs = [run for d in dirs for run in load_runs(d)]
     if not runs:
@@ -62,10 +65,10 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for run in runs:
         groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
-    lines = _header(dirs, len(runs), baseline, split)
+    lines = _header(dirs, len(runs), baseline, split, tuple(ladder))
     for (dataset, model), by_label in sorted(groups.items()):
         cells = sorted(by_label.values(), key=lambda c: (c.label != baseline, c.label))
-        group = Group(dataset, model, cells, baseline, split, out)
+        group = Group(dataset, model, cells, baseline, split, out, tuple(ladder))
         lines += _group_heading(group) + group_lines(group)
     write_csv(runs, out / "runs.csv")
     path = out / "report.md"
