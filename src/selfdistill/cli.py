@@ -163,7 +163,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     grid = load_grid(args.config, args.out, plugins=args.plugins)
     if args.dry_run:
         for run in grid.runs:
-            print(f"{run.status:8s} {run.run_dir}")
+            changes = run.changes() if run.status == "done" else []
+            print(f"{'stale' if changes else run.status:8s} {run.run_dir}"
+                  + (f"  (other settings: {'; '.join(changes)})" if changes else ""))
         return 0
     failed = run_grid(grid, jobs=args.jobs)
     if failed:

@@ -176,6 +176,33 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert "val top-1 (last)" in both and both.endswith("outro\n")
 
 
+def test_finished_runs_trained_with_other_settings_than_the_grid_now_gives_are_refused(tmp_path, capsys):
+    """A grid edited after its runs finished (its base config or a value) would report them under settings they never
+    ran: the bench refuses, names the runs and the changed keys, and the dry run marks them ``stale``; a change of
+    what a run only logs or evaluates (``train.eval_train``) is the same experiment."""
+    from selfdistill.config import save_yaml
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    for run in load_grid(path).runs:  # finished runs, as the grid gives them today
+        run.run_dir.mkdir(parents=True)
+        save_yaml(run.config, run.run_dir / "config.yaml")
+        (run.run_dir / "summary.json").write_text("{}")
+    logs = []
+    assert run_grid(load_grid(path), log=logs.append) == [] and "4 already done, 0 to run" in logs[0]
+    edited = {**GRID, "config": {**GRID["config"], "optim": {"lr": 0.2}}}
+    path.write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=r"4 finished runs .*ce_resnet8_s0 \(optim\.lr: 0\.1 -> 0\.2\).*Delete"):
+        run_grid(load_grid(path), log=lambda m: None)
+    assert main(["bench", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and all(line.startswith("stale") and "optim.lr: 0.1 -> 0.2" in line for line in out)
+    assert main(["bench", "--config", str(path)]) == 2 and "finished runs" in capsys.readouterr().err
+    evaluated = {**GRID, "config": {**GRID["config"], "train": {**GRID["config"]["train"], "eval_train": True}}}
+    path.write_text(yaml.safe_dump(evaluated))
+    assert run_grid(load_grid(path), log=lambda m: None) == []
+
+
 def test_method_label_names_changed_options_but_not_the_teacher_source():
     assert method_label({"name": "ips", "teacher_rule": "always_a", "T": 4.0}) == "ips(teacher_rule=always_a)"
     assert method_label({"name": "mean_teacher", "teacher_bn": "copy"}) == "mean_teacher(teacher_bn=copy)"

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_yaml, save_yaml, set_by_path, to_dict
+from ..config import ConfigError, load_yaml, parse_config, save_yaml, set_by_path, to_dict
 from ..engine.preemption import EXIT_STOPPED, StopSignals, TrainingStopped, signal_name
 from ..methods import describe_method
 from ..run import resolve_config
+from ..run.resume import saved_changes
 from ..tasks import get_task
 
 
@@ -44,6 +45,11 @@ class RunSpec:
     name: str
     config: dict[str, Any]
     run_dir: Path
+
+    def changes(self) -> list[str]:
+        """How the settings saved in the run folder differ from this point's (``key: old -> new``; none for a
+        folder without a ``config.yaml``): a finished run with any was trained by another grid than this one."""
+        return saved_changes(self.run_dir, parse_config(self.config))
 
     @property
     def status(self) -> str:
@@ -238,12 +244,24 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def check_finished(grid: Grid) -> None:
+    """Refuse a grid whose finished runs were trained with other settings than the grid now gives them (its base
+    config or a grid value edited since): skipped as done, they would be reported under settings they never ran."""
+    stale = [f"{r.run_dir} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})"
+             for r in grid.runs if r.status == "done" and (changes := r.changes())]
+    if stale:
+        raise ConfigError(f"{len(stale)} finished runs of this grid were trained with other settings than it now "
+                          f"gives them: {', '.join(stale)}. Delete those run folders to train them again with the "
+                          "grid's settings, or give the grid another 'out' (--out) to keep them.")
+
+
 def run_grid(grid: Grid, jobs: int = 1, log=print) -> list[str]:
     """Run every unfinished point, ``jobs`` at a time (torch threads split between them); returns the names of
     runs that failed.
 
     A signal of any run's ``train.stop_signals`` is passed on to the runs in progress; once they have checkpointed
     and exited, :class:`TrainingStopped` is raised (unless every run is done by then)."""
+    check_finished(grid)
     todo = [r for r in grid.runs if r.status != "done"]
     log(f"{len(grid.runs)} runs, {len(grid.runs) - len(todo)} already done, {len(todo)} to run, {jobs} at a time")
     log_dir = grid.out / "_logs"

@@ -12,11 +12,13 @@ from ..tasks import get_task
 
 CHECKPOINT = "last.pt"
 
-# keys that may differ between a run's saved config and the one it is resumed with
-RESUMABLE_CHANGES = ("plugins", "train.epochs", "train.progress", "train.log_every", "train.tensorboard",
-                     "train.loggers", "train.tracker_project", "train.threads", "train.grad_norm_every",
-                     "train.stop_signals", "data.root", "data.cache_dir", "data.num_workers", "data.download", "out",
-                     "name")
+# keys that may differ between a run's saved config and the one it is resumed with: where and how long it runs,
+# what it logs and evaluates, and the preset's name (a resolved config holds every option the preset filled in,
+# and those are compared)
+RESUMABLE_CHANGES = ("plugins", "train.epochs", "train.eval_train", "train.progress", "train.log_every",
+                     "train.tensorboard", "train.loggers", "train.tracker_project", "train.threads",
+                     "train.grad_norm_every", "train.stop_signals", "data.root", "data.cache_dir", "data.num_workers",
+                     "data.download", "method.preset", "out", "name")
 
 
 class RunExistsError(FileExistsError):
@@ -70,17 +72,22 @@ def check_resume_config(saved: dict[str, Any], cfg: RunConfig, run_dir: Path) ->
         raise _resume_refused(run_dir, changes)
 
 
+def saved_changes(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """:func:`config_changes` between the ``config.yaml`` saved in ``run_dir`` and ``cfg`` (none without one)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return []
+    try:
+        return config_changes(load_yaml(saved), cfg)
+    except ConfigError as exc:  # written by a version whose keys this one does not read
+        return [f"its config.yaml is not a config of this version: {exc}"]
+
+
 def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
     """Before anything is read or built, refuse ``run_dir`` when its ``config.yaml`` is another experiment's
     (:func:`config_changes`; with ``resume`` as without), or when it holds a started run (a checkpoint, a stage's
     included) and ``resume`` is not asked for."""
-    saved = run_dir / "config.yaml"
-    changes = []
-    if saved.is_file():
-        try:
-            changes = config_changes(load_yaml(saved), cfg)
-        except ConfigError as exc:  # written by a version whose keys this one does not read
-            changes = [f"its config.yaml is not a config of this version: {exc}"]
+    changes = saved_changes(run_dir, cfg)
     if changes and resume:
         raise _resume_refused(run_dir, changes)
     if changes:
