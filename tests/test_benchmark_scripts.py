@@ -107,3 +107,21 @@ def test_train_fit_reads_each_runs_clean_training_accuracy(tmp_path):
     table = (tmp_path / "out" / "train_fit.md").read_text()
     clean = [evaluate(runs / f"synthetic_resnet8_ce_s{s}" / "last.pt", split="train")["top1"] for s in (0, 1)]
     assert "## resnet8" in table and f"| `ce` | 2 | {sum(clean) / 2:.2f} ± " in table
+
+
+def test_dino_init_geometry_writes_its_table(tmp_path, cifar10_root, cifar10_cache):
+    """The four (head, initialisation) rows with their four measures; BatchNorm in the head de-correlates the
+    bottleneck of a few real images, whichever the initialisation."""
+    out = tmp_path / "geometry.md"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "dino_small" / "init_geometry.py"), "--batch", "16",
+                    "--out", str(out), "--set", f"data.root={cifar10_root}",
+                    "--set", f"data.cache_dir={cifar10_cache}"], check=True, capture_output=True, cwd=REPO,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = out.read_text()
+    assert "`python benchmarks/dino_small/init_geometry.py --batch 16 --out" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| no BatchNorm") or
+            line.startswith("| BatchNorm")]
+    assert len(rows) == 4 and all(len(r) == 6 for r in rows)
+    bottleneck = {(r[0], r[1]): float(r[3].split(" ± ")[0]) for r in rows}
+    for init in ("normal, std 0.02 (official)", "PyTorch default"):
+        assert bottleneck[("| BatchNorm", init)] < bottleneck[("| no BatchNorm", init)]

@@ -44,8 +44,8 @@ train.epochs/amp/eval_every/eval_train
 What lightly cannot express, or does otherwise (the peer keeps lightly's way):
 
 - ``n_global`` must be 2 (``DINOTransform`` makes two global views); other values are refused.
-- Head: the hidden layers are initialised by lightly (truncated normal, std 0.02; selfdistill: PyTorch's default)
-  and, with BatchNorm, have no bias (selfdistill: a bias before each BatchNorm, which it cancels). The teacher's
+- Head: the hidden layers start from a truncated normal of std 0.02 on both sides (the official initialisation);
+  with BatchNorm lightly's have no bias (selfdistill: a bias before each BatchNorm, which it cancels). The teacher's
   head starts as a copy of the student's (as the official code and selfdistill; lightly's own examples build a
   second, independently initialised head). While the last layer is frozen lightly drops the gradients of its
   gain and its direction (as the official code); selfdistill freezes the direction only, which differs where
@@ -53,9 +53,6 @@ What lightly cannot express, or does otherwise (the peer keeps lightly's way):
 - Teacher momentum: lightly's ``cosine_schedule`` divides by ``steps − 1`` and reaches 1 at the last step;
   selfdistill (and the official code) divide by ``steps`` and stay below 1. The update itself is the same
   ``t ← m·t + (1 − m)·s`` after each optimiser step.
-- Teacher BatchNorm statistics: ``update_momentum`` averages parameters only, so the teacher's running statistics
-  are its own (it trains in train mode, on its global crops); selfdistill also averages them from the student's.
-  They matter only where the teacher is evaluated (its k-NN and probe).
 - Crops: torchvision's ``RandomResizedCrop`` on PIL images (integer boxes, 10 tries, then a centre crop; bicubic
   with antialiasing) instead of selfdistill's batched bilinear ``grid_sample`` (fractional boxes clamped to the
   image); ``ColorJitter`` applies brightness, contrast and saturation in a random order on 8-bit images, selfdistill

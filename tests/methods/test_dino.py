@@ -143,6 +143,46 @@ def test_teacher_update_uses_dinos_momentum_of_each_step():
                                    rtol=0, atol=1e-6)
 
 
+def test_head_starts_as_the_official_one():
+    """``DINOHead._init_weights`` of :data:`OFFICIAL`: the MLP's linear weights from ``trunc_normal_(std=.02)`` (its
+    bounds ±2 are absolute), biases 0; the weight-normalised last layer's gain 1; BatchNorm only with ``use_bn``."""
+    from selfdistill.methods.dino import DINOHead
+
+    torch.manual_seed(0)
+    for use_bn in (False, True):
+        head = DINOHead(64, out_dim=32, hidden=512, bottleneck=16, use_bn=use_bn)
+        linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+        assert [tuple(m.weight.shape) for m in linears] == [(512, 64), (512, 512), (16, 512)]
+        for m in linears:
+            assert m.weight.std().item() == pytest.approx(0.02, rel=0.05)  # PyTorch's default: 1/sqrt(3·fan_in)
+            assert m.weight.mean().abs().item() < 0.002 and not m.bias.any()
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) == use_bn
+        assert torch.equal(head.last.parametrizations.weight.original0, torch.ones(32, 1))
+
+
+def test_teacher_update_moves_parameters_and_leaves_its_batchnorm_statistics_its_own():
+    """The official update (``main_dino.py``) averages ``student.parameters()`` into the teacher's and nothing else:
+    the teacher's BatchNorm statistics come from its own forwards, not from the student's, which see local crops."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, n_local=2)
+    batch = _batch(4, (16, 16, 8, 8))
+    m.training_step(model, batch, 1)  # the student's and the teacher's forwards update their own statistics
+    name = next(n for n, b in model.named_buffers() if n.endswith("running_mean"))
+    student_stats = model.get_buffer(name)
+    teacher_stats = m.teacher.module["backbone"].get_buffer(name)
+    assert not torch.allclose(student_stats, teacher_stats)
+    before = teacher_stats.clone()
+    p_name, p = next((n, q) for n, q in model.named_parameters() if q.ndim == 4)
+    with torch.no_grad():
+        p.add_(1.0)
+    t_param = m.teacher.module["backbone"].get_parameter(p_name)
+    t_before = t_param.detach().clone()
+    m.after_step(model)
+    assert torch.equal(teacher_stats, before)
+    assert not torch.equal(t_param, t_before)
+
+
 @pytest.mark.parametrize("warmup", [1, 2, 30])
 def test_teacher_temperature_warmup_is_dinos_linspace(warmup):
     """DINO's schedule (``DINOLoss.teacher_temp_schedule`` of :data:`OFFICIAL`): ``np.linspace(start, final, W)``

@@ -102,7 +102,9 @@ class CollapseMonitor:
 
 class DINOHead(nn.Module):
     """MLP (GELU; BatchNorm after each hidden layer with ``use_bn``) → bottleneck → L2 normalisation →
-    weight-normalised linear layer to ``out_dim``."""
+    weight-normalised linear layer to ``out_dim``. The MLP's linear layers start as the official head's: weights
+    from a normal of std 0.02 truncated at ±2 (absolute, i.e. ±100 std: in effect untruncated), biases 0; the
+    last layer keeps PyTorch's initialisation, its gain fixed to 1."""
 
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden: int = 2048, bottleneck: int = 256,
                  layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
@@ -114,6 +116,10 @@ class DINOHead(nn.Module):
             if i < layers - 1:
                 mlp += [nn.BatchNorm1d(hidden), nn.GELU()] if use_bn else [nn.GELU()]
         self.mlp = nn.Sequential(*mlp)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         g = self.last.parametrizations.weight.original0
         g.data.fill_(1.0)
@@ -266,7 +272,9 @@ class DINO(Method):
         fc.requires_grad_(False)  # no loss reads the logits; DDP (wrapped after set-up) then expects no gradient
         self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
                              norm_last_layer=o.norm_last_layer, use_bn=o.use_bn_in_head).to(self.ctx.device)
-        self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher)
+        # the EMA moves the parameters only, as the official update: the teacher's BatchNorm statistics are its own
+        # (its train-mode forwards of the global crops), never the student's, which mix in the local crops
+        self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher, buffers="own")
         self.teacher.module = self.ctx.sync_batchnorm(self.teacher.module)  # it runs in train mode
         self.init_backbone: nn.Module | None = copy.deepcopy(net).requires_grad_(False) if o.controls else None
         self.controls: dict[str, float] = {}
