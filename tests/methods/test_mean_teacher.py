@@ -103,13 +103,14 @@ def test_warmup_decay_by_hand():
     EMA: ½; ⅔·½ + ⅓·4 = 5/3 (the mean of 0, 1, 4); 0.7·5/3 + 0.3·2 = 53/30; 0.7·53/30 = 371/300."""
     student = Fixed(torch.zeros(1, 1))
     m = _method(student, preset="official", ema_decay=0.7)
-    decays, values = [], []
+    decays, logged, values = [], [], []
     for w in (1.0, 4.0, 2.0, 0.0):
         student.table.data.fill_(w)
+        logged.append(m.decay_at(m.step))  # what the step's training_step logs as ema_decay
         m.after_step(student)
         decays.append(m.ema.decay)
         values.append(float(m.ema.module.table))
-    assert decays == pytest.approx([1 / 2, 2 / 3, 0.7, 0.7])
+    assert decays == pytest.approx([1 / 2, 2 / 3, 0.7, 0.7]) and logged == decays
     assert values == pytest.approx([1 / 2, 5 / 3, 53 / 30, 371 / 300])
 
 
@@ -169,3 +170,18 @@ def test_sharpened_centred_target_and_centre_update():
     expected = (target * (target.log() - torch.log_softmax(zs, 1))).sum(1).mean()
     assert float(out.losses["consistency"].detach()) == pytest.approx(float(expected), rel=1e-4)
     torch.testing.assert_close(m.center, 0.1 * zt.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("schedule", ["warmup", "cosine", "constant"])
+def test_the_logged_decay_is_the_one_the_steps_update_uses(schedule):
+    model = small_bn_net()
+    x = torch.randn(4, 3, 6, 6)
+    model(x)
+    m = _method(model, ema_schedule=schedule, ema_decay=0.9)
+    batch = Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), [x, x.flip(3)])
+    for _ in range(3):
+        logged = float(m.training_step(model, batch, 1).stats["ema_decay"])
+        m.after_step(model)
+        assert logged == pytest.approx(m.ema.decay)
+    assert logged == pytest.approx({"warmup": 3 / 4, "cosine": 1 - 0.05 * (1 + math.cos(math.pi * 3 / 100)),
+                                    "constant": 0.9}[schedule])

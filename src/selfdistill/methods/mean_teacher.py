@@ -102,12 +102,12 @@ class MeanTeacher(Method):
                 cons = F.mse_loss(zs.float().softmax(1), zt.softmax(1))
         w = self.weight()
         return StepOutput({"ce": cross_entropy(zs, batch.y), "consistency": w * cons}, zs, batch.y,
-                          {"mt_weight": torch.tensor(w), "ema_decay": torch.tensor(self.ema.decay)})
+                          {"mt_weight": torch.tensor(w), "ema_decay": torch.tensor(self.decay_at(self.step))})
 
     def after_step(self, model: nn.Module) -> None:
-        """Advance the EMA teacher (and its decay under the cosine schedule)."""
+        """Advance the EMA teacher with the decay of this step (:meth:`decay_at`)."""
+        self.ema.decay = self.decay_at(self.step)
         self.step += 1
-        self._schedule_decay()
         self.ema.update(model)
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,10 +119,15 @@ class MeanTeacher(Method):
         self.ema.module.load_state_dict(state["ema"])
         self.step = state["step"]
         self.center.copy_(state["center"])
-        self._schedule_decay()
 
-    def _schedule_decay(self) -> None:
+    def decay_at(self, step: int) -> float:
+        """The EMA decay of the update after the 0-based optimiser step ``step`` (the one logged with that step):
+        ``ema_decay``; on the cosine from ``ema_decay`` towards 1 at ``step + 1``; under ``warmup``
+        ``min(1 − 1/(step + 2), ema_decay)``, the official ``min(1 − 1/(global_step + 1), α)`` with the 1-based
+        ``global_step``."""
+        n = step + 1
         if self.opt.ema_schedule == "cosine":
-            self.ema.decay = cosine_to_one(self.opt.ema_decay, self.step, self.ctx.epochs * self.ctx.steps_per_epoch)
-        elif self.opt.ema_schedule == "warmup":
-            self.ema.decay = min(1 - 1 / (self.step + 1), self.opt.ema_decay)
+            return cosine_to_one(self.opt.ema_decay, n, self.ctx.epochs * self.ctx.steps_per_epoch)
+        if self.opt.ema_schedule == "warmup":
+            return min(1 - 1 / (n + 1), self.opt.ema_decay)
+        return self.opt.ema_decay
