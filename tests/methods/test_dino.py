@@ -440,6 +440,10 @@ def test_dino_on_digits_evaluates_knn_and_probe_without_labels(tmp_path):
             "train_teacher_momentum", "train_lr_applied", "train_weight_decay", "knn_init_test_top1",
             "collapse_uniform_epochs", "collapse_onehot_epochs"} <= set(header)
     assert 0 <= knn["collapse_uniform_epochs"] <= 4 and 0 <= knn["collapse_onehot_epochs"] <= 4  # in the summary
+    # a run stopped after its last checkpoint and before its summary writes the same summary when resumed
+    summary_json = next((tmp_path / "runs").rglob("summary.json"))
+    summary_json.unlink()
+    assert train(cfg, resume=True).extra_last == knn
     from selfdistill.bench.report import write_report
 
     report = write_report(tmp_path / "runs", tmp_path / "report").read_text()

@@ -122,6 +122,7 @@ class Trainer:
                      global_step=self.global_step, extra=[m.state_dict() for m in self.extra],
                      ema=None if self.ema is None else self.ema.module.state_dict(), method=self.method.state_dict(),
                      rng=rng_state(), history=self.history, reliability=self.reliability,
+                     extra_keys=sorted(self.extra_keys),
                      epoch_acc={k: v.detach().cpu() for k, v in acc.items()}, epoch_time=epoch_time,
                      train_time=self.train_time + epoch_time,
                      classes=self.data.classes, in_chans=self.data.in_chans, mean=self.data.mean.tolist(),
@@ -141,6 +142,7 @@ class Trainer:
         self.method.load_state_dict(ck["method"])
         set_rng_state(ck["rng"])
         self.history, self.reliability = list(ck["history"]), ck["reliability"]
+        self.extra_keys = set(ck.get("extra_keys", ()))  # absent from checkpoints written before it was kept
         epoch_time = ck.get("epoch_time", 0.0)  # absent from checkpoints written before it was kept
         self.global_step, self.train_time = ck["global_step"], ck["train_time"] - epoch_time
         acc = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device) for k, v in ck["epoch_acc"].items()}
