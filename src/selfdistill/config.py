@@ -313,9 +313,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _qualified(message: str, keys: list[str], path: str) -> str:
+    """``message`` with every key of ``keys`` that it names bare written in full, as ``path.key``."""
+    if not path or not keys:
+        return message
+    names = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])({names})(?!\w)", lambda m: f"{path}.{m[1]}", message)
+
+
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and values outside a field's
-    :class:`Limits`; a ``ValueError`` of the class's own checks becomes a :class:`ConfigError`."""
+    :class:`Limits`; a ``ValueError`` of the class's own checks (options that do not fit together) becomes a
+    :class:`ConfigError` that names the keys in full (``method.ratio_low``), or is prefixed with ``path`` where it
+    names none."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     limits = field_limits(cls)
@@ -333,8 +343,9 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except ValueError as exc:  # the class's own checks (a bottom-layer options class knows no ConfigError)
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+    except ValueError as exc:  # the class's own checks (a bottom-layer options class names its keys bare)
+        message = _qualified(str(exc), names, path)
+        raise ConfigError(message if message != str(exc) else f"{path or cls.__name__}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
