@@ -1,6 +1,8 @@
+from dataclasses import dataclass
+
 import pytest
 
-from selfdistill.config import ConfigError, RunConfig, parse_overrides
+from selfdistill.config import ConfigError, RunConfig, from_dict, parse_overrides
 from selfdistill.run import resolve_config
 
 
@@ -107,6 +109,26 @@ def test_method_options_are_validated():
         resolve_config({"method": {"name": "lable_smoothing"}})
     with pytest.raises(ConfigError, match="has presets"):
         resolve_config({"method": {"name": "ce", "preset": "official"}})
+
+
+@dataclass
+class _Span:
+    low: float = 0.0
+    high: float = 1.0
+    lowest: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high, got {self.low} > {self.high}")
+        if self.lowest < 0:
+            raise ValueError("a negative floor")
+
+
+def test_a_classs_own_check_names_its_keys_in_full():
+    with pytest.raises(ConfigError, match=r"^method\.low must be <= method\.high, got 0\.8 > 0\.2$"):
+        from_dict(_Span, {"low": 0.8, "high": 0.2}, "method")
+    with pytest.raises(ConfigError, match=r"^method: a negative floor$"):  # names no key: the section is named
+        from_dict(_Span, {"lowest": -1}, "method")
 
 
 def test_yaml_file_errors(tmp_path):

@@ -20,77 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
+from .limits import ConfigError as ConfigError
+from .limits import Limits as Limits
+from .limits import field_limits, limited
 from .registry import did_you_mean
 
 _FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\.?inf)", re.IGNORECASE)
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of its range."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a config key accepts beyond its type: numbers (or each number of a list) from ``low`` to ``high`` (an
-    end is excluded where ``low_open``/``high_open``), lists of exactly ``length`` items, non-empty strings.
-    ``None`` always passes (where the type allows it)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    length: int | None = None
-    nonempty: bool = False
-
-    def interval(self) -> str:
-        """The numeric range in words: ``>= 1``, ``> 0``, ``<= 10``, ``in [0, 1)``; empty when unbounded."""
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return ""
-
-    def describe(self) -> str:
-        """The limits as the reference shows them after the type (``>= 1``, ``2 items in [0, 1)``, ``non-empty``)."""
-        parts = [f"{self.length} items" if self.length is not None else "", self.interval(),
-                 "non-empty" if self.nonempty else ""]
-        return " ".join(p for p in parts if p)
-
-    def _inside(self, x: float) -> bool:
-        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
-        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
-        return above and below  # NaN is inside no interval
-
-    def check(self, value: Any, path: str) -> None:
-        """Raise :class:`ConfigError` naming ``path`` when the (type-checked) ``value`` is outside the limits."""
-        if isinstance(value, str):
-            if self.nonempty and not value.strip():
-                raise ConfigError(f"{path}: expected a non-empty string (or null where allowed), got {value!r}")
-        elif isinstance(value, list | tuple):
-            if self.length is not None and len(value) != self.length:
-                raise ConfigError(f"{path}: expected a list of {self.length} values, got {value!r}")
-            for i, item in enumerate(value):
-                self.check(item, f"{path}[{i}]")
-        elif isinstance(value, int | float) and not isinstance(value, bool) and not self._inside(value):
-            kind = "an integer" if isinstance(value, int) else "a number"
-            raise ConfigError(f"{path}: expected {kind} {self.interval()}, got {value!r}")
-
-
-def limited(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
-            high_open: bool = False, length: int | None = None, nonempty: bool = False) -> Any:
-    """A dataclass field with ``default`` (a callable: the factory of a list default) whose values
-    :func:`from_dict` checks against :class:`Limits`."""
-    metadata = {"limits": Limits(low, high, low_open, high_open, length, nonempty)}
-    if callable(default):
-        return field(default_factory=default, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def field_limits(cls: type) -> dict[str, Limits]:
-    """The :class:`Limits` of each field of dataclass ``cls`` that has them."""
-    return {f.name: f.metadata["limits"] for f in dataclasses.fields(cls) if "limits" in f.metadata}
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -378,9 +313,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _qualified(message: str, keys: list[str], path: str) -> str:
+    """``message`` with every key of ``keys`` that it names bare written in full, as ``path.key``."""
+    if not path or not keys:
+        return message
+    names = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])({names})(?!\w)", lambda m: f"{path}.{m[1]}", message)
+
+
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and values outside a field's
-    :class:`Limits`; a ``ValueError`` of the class's own checks becomes a :class:`ConfigError`."""
+    :class:`Limits`; a ``ValueError`` of the class's own checks (options that do not fit together) becomes a
+    :class:`ConfigError` that names the keys in full (``method.ratio_low``), or is prefixed with ``path`` where it
+    names none."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     limits = field_limits(cls)
@@ -398,8 +343,9 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except ValueError as exc:  # the class's own checks (a bottom-layer options class knows no ConfigError)
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+    except ValueError as exc:  # the class's own checks (a bottom-layer options class names its keys bare)
+        message = _qualified(str(exc), names, path)
+        raise ConfigError(message if message != str(exc) else f"{path or cls.__name__}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .limits import field_limits, limited
+
 Ratio = float | tuple[float, float]
 
 
@@ -84,15 +86,17 @@ class SwapOptions:
     all with probability ``p_swap``. A variant's options class derives from it, so these are flat ``method.*`` keys.
 
     The finer knobs of the draw are fixed here, as class attributes; :class:`ImageSwapOptions` makes them options.
+    Each option's range is declared with it (:func:`~selfdistill.limits.limited`): the config checks it where it is
+    read, and construction checks it too, for direct use (:func:`patch_swap`).
     """
 
-    grid: int = 8
+    grid: int = limited(8, low=1)
     """Cells per side of the swap grid (8 on 512-px crops gives 64-px cells)."""
-    ratio_low: float = 0.0
+    ratio_low: float = limited(0.0, low=0, high=1)
     """Lower bound of the uniform per-pair swap ratio."""
-    ratio_high: float = 1.0
+    ratio_high: float = limited(1.0, low=0, high=1)
     """Upper bound of the uniform per-pair swap ratio."""
-    p_swap: float = 1.0
+    p_swap: float = limited(1.0, low=0, high=1)
     """Probability that a pair is swapped at all."""
 
     layout = "grid"
@@ -105,17 +109,20 @@ class SwapOptions:
     mask_per = "pair"
 
     def __post_init__(self) -> None:
+        for name, limits in field_limits(type(self)).items():
+            limits.check(getattr(self, name), name)
         for ok, message in self.checks():
             if not ok:
                 raise ValueError(message)
 
     def checks(self) -> list[tuple[bool, str]]:
-        """``(condition, message)`` pairs that must hold; a variant adds its own to these."""
+        """``(condition, message)`` pairs of options that must fit together (each option's own range is declared
+        with it); a variant adds its own to these."""
         return [
-            (0.0 <= self.p_swap <= 1.0, "p_swap must be in [0, 1]"),
-            (0.0 <= self.ratio_low <= self.ratio_high <= 1.0, "ratio_low <= ratio_high must lie in [0, 1]"),
-            (self.grid >= 1 and (self.patch_size is None or self.patch_size >= 1), "grid/patch_size must be >= 1"),
-            (self.k_min >= 0 and (self.k_max is None or self.k_max >= self.k_min), "need 0 <= k_min <= k_max"),
+            (self.ratio_low <= self.ratio_high, f"ratio_low must be <= ratio_high, got {self.ratio_low} > "
+                                                f"{self.ratio_high}"),
+            (self.k_max is None or self.k_max >= self.k_min, f"k_max must be >= k_min (or null: grid²), got "
+                                                             f"{self.k_max} < {self.k_min}"),
         ]
 
     def masks(self, generator: torch.Generator | None, n_global: int, rows: slice, height: int, width: int,
@@ -143,23 +150,23 @@ class ImageSwapOptions(SwapOptions):
 
     layout: Literal["grid", "box"] = "grid"
     """``grid``: k random cells of a g×g grid; ``box``: one rectangle of area ≈ r·HW at the same place."""
-    grid: int = 4
+    grid: int = limited(4, low=1)
     """Cells per side (4 on 32-px images gives 8-px cells)."""
-    patch_size: int | None = None
+    patch_size: int | None = limited(None, low=1)
     """Cell side in pixels; when set it overrides ``grid`` (g = round(H / patch_size))."""
     ratio_dist: Literal["uniform", "fixed", "beta"] = "uniform"
     """Distribution of the per-pair swap ratio r."""
-    ratio_low: float = 0.0
+    ratio_low: float = limited(0.0, low=0, high=1)
     """``uniform``: lower bound; ``fixed``: the ratio."""
-    ratio_high: float = 1.0
+    ratio_high: float = limited(1.0, low=0, high=1)
     """``uniform``: upper bound."""
-    beta_a: float = 1.0
+    beta_a: float = limited(1.0, low=0, low_open=True)
     """``beta``: first shape parameter."""
-    beta_b: float = 1.0
+    beta_b: float = limited(1.0, low=0, low_open=True)
     """``beta``: second shape parameter."""
-    k_min: int = 0
+    k_min: int = limited(0, low=0)
     """Fewest cells swapped in a pair."""
-    k_max: int | None = None
+    k_max: int | None = limited(None, low=0)
     """Most cells swapped in a pair (default g²)."""
     mask_per: Literal["pair", "batch"] = "pair"
     """``batch`` reuses the first pair's mask for every pair."""

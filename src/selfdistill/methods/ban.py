@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
-from ..config import ConfigError, RunConfig, parse_config, to_dict
+from ..config import RunConfig, limited, parse_config, to_dict
 from ..engine.summary import RunSummary
 from ..losses import KLReduction, cross_entropy, kd_loss, soft_cross_entropy
 from .base import StepOutput, register_method
@@ -51,23 +51,23 @@ def cwtm_weights(teacher_probs: Tensor) -> Tensor:
 class BANOptions(TeacherOptions):
     """Born-again network options. ``teacher`` and ``generation`` are set by the generation runner."""
 
-    generations: int = 3
+    generations: int = limited(3, low=1)
     """Student generations after generation 0 (the library default, 4 trainings in all)."""
     loss: Literal["ban", "ban+label", "kd", "cwtm", "dkpp"] = "ban"
     """``ban``: soft-target CE at T=1 against the previous generation, no label term; ``ban+label`` adds CE;
     ``kd``: w_ce·CE + w_kd·KD_T; ``cwtm``: label CE weighted by the teacher's per-sample confidence; ``dkpp``:
     soft-target CE against the teacher distribution with its non-arg-max entries permuted [unverified forms]."""
-    T: float = 1.0
+    T: float = limited(1.0, low=0, low_open=True)
     """Temperature of the ``kd`` loss."""
-    w_ce: float = 0.1
+    w_ce: float = limited(0.1, low=0)
     """Label CE weight of the ``kd`` loss."""
-    w_kd: float = 0.9
+    w_kd: float = limited(0.9, low=0)
     """Distillation weight of the ``kd`` loss."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the ``kd`` loss's KL (the ``ban_reimpl`` preset uses ``elementwise_mean``)."""
     ensemble_gen0: bool = False
     """Include generation 0 in the ensemble."""
-    generation: int = -1
+    generation: int = limited(-1, low=-1)
     """Which generation this run is: -1 runs them all (what users set); k ≥ 0 is one generation (set by the runner)."""
 
 
@@ -87,8 +87,6 @@ class BornAgain(TeacherMethod):
         """One run config per generation (``None`` when this run is itself one generation)."""
         if options.generation >= 0:
             return None
-        if options.generations < 1:
-            raise ConfigError("method.generations must be at least 1")
         top = Path(cfg.out) / cfg.run_name()
         out = []
         for k in range(options.generations + 1):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..engine.distributed import unwrap
 from ..losses import cross_entropy, kd_loss, soft_cross_entropy
 from ..models.features import FeatureTaps, find_stages, tap_stages
@@ -90,15 +91,15 @@ class BYOTOptions:
     feature hint."""
     taps: list[str] = field(default_factory=list)
     """Modules to attach heads to (empty: every stage but the last, found automatically)."""
-    T: float = 3.0
+    T: float = limited(3.0, low=0, low_open=True)
     """Temperature."""
-    alpha: float = 0.3
+    alpha: float = limited(0.3, low=0, high=1)
     """Weight of the soft term (``paper``: α; CE gets 1 − α)."""
-    feat_weight: float = 1e-6
+    feat_weight: float = limited(1e-6, low=0)
     """Feature-hint weight λ of the ``paper`` form (``selfkdlib`` uses 0.05)."""
     t2_scale: bool = True
     """Multiply the ``official_journal`` soft term by T² (the journal code does not)."""
-    journal_feat_weight: float = 0.0
+    journal_feat_weight: float = limited(0.0, low=0)
     """``official_journal``: weight of the journal code's feature term ``‖A_i(pool F_i) − sg pool F_N‖`` (``A_i`` a
     trainable linear layer, the L2 norm of the whole batch's difference) on every head but the deepest one, as its
     code does (its comment says the shallowest); the journal code: 0.03; 0: off."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
-from ..config import ConfigError
+from ..config import limited
 from ..engine.distributed import unwrap
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_rows
 from ..models.features import last_linear
@@ -33,20 +33,20 @@ class ConsistencyOptions:
     form: Literal["symmetric_kl", "one_way", "jsd"] = "symmetric_kl"
     """``symmetric_kl``: every view teaches every other (detached targets); ``one_way``: weak → strong;
     ``jsd``: Jensen–Shannon divergence of all views (no stop-gradient), CE on the first (clean) view only."""
-    views: int = 2
+    views: int = limited(2, low=2)
     """Views per image (``jsd`` uses a clean view and ``views − 1`` augmented ones)."""
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Temperature of the KL forms."""
-    lam: float = 1.0
+    lam: float = limited(1.0, low=0)
     """Weight of the consistency term (the AugMix JSD weight is 12)."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KL terms."""
     divergence: Literal["kl", "mse"] = "kl"
     """``symmetric_kl``/``one_way``: KD_T (KL at temperature T) or the mean squared error between the views'
     probabilities (target side detached)."""
-    ce_scale: float = 1.0
+    ce_scale: float = limited(1.0, low=0)
     """Factor on the CE term (DDGSD's code halves its mean over the two views: 0.5)."""
-    feat_weight: float = 0.0
+    feat_weight: float = limited(0.0, low=0)
     """Weight of the feature term ``Σ_{v<w} (mean f^v − mean f^w)²``, ``f^v`` the pooled features (the classifier's
     input) of view v, each mean over all rows and channels (DDGSD's code: 5e-4 with two views; 0: off)."""
 
@@ -65,8 +65,6 @@ class AugmentationConsistency(Method):
 
     @classmethod
     def data_requirements(cls, options: ConsistencyOptions) -> DataRequirements:
-        if options.views < 2:
-            raise ConfigError("method.views must be at least 2 for consistency training")
         rest = ("strong",) if options.form in ("one_way", "jsd") else ("weak",)
         return DataRequirements(views=("weak",) + rest * (options.views - 1))
 

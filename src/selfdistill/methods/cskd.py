@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch, DataRequirements
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 
@@ -17,9 +18,9 @@ from .base import Method, StepOutput, register_method
 class CSKDOptions:
     """CS-KD options."""
 
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Distillation temperature."""
-    lambda_cls: float = 1.0
+    lambda_cls: float = limited(1.0, low=0)
     """Weight of the class-wise KD term (1 on CIFAR/TinyImageNet, 3 on fine-grained data)."""
     partner_forward: Literal["separate_no_grad", "joint_detached"] = "separate_no_grad"
     """``separate_no_grad`` (official): the partner batch gets its own no-grad forward in train mode, after the

@@ -185,45 +185,45 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
 class DINOOptions:
     """DINO options (CIFAR-scale defaults, docs/methods.md, dino)."""
 
-    out_dim: int = 4096
+    out_dim: int = limited(4096, low=2)
     """Output dimension of the head."""
-    hidden_dim: int = 2048
+    hidden_dim: int = limited(2048, low=1)
     """Hidden width of the head's MLP."""
-    bottleneck_dim: int = 256
+    bottleneck_dim: int = limited(256, low=1)
     """Bottleneck before the weight-normalised layer."""
     norm_last_layer: bool = True
     """Fix the weight-norm gain of the last layer to 1."""
     use_bn_in_head: bool = False
     """BatchNorm after each hidden layer of the head (the official code's ``use_bn_in_head``): it removes the
     component that all images share, which dominates a small ResNet's pooled features at initialisation."""
-    student_temp: float = 0.1
+    student_temp: float = limited(0.1, low=0, low_open=True)
     """Student temperature τ_s."""
-    teacher_temp: float = 0.04
+    teacher_temp: float = limited(0.04, low=0, low_open=True)
     """Teacher temperature τ_t (the start value under warm-up)."""
-    teacher_temp_final: float = 0.04
+    teacher_temp_final: float = limited(0.04, low=0, low_open=True)
     """τ_t after the warm-up (the official README recommends 0.07 for long runs)."""
-    teacher_temp_warmup_epochs: int = 0
+    teacher_temp_warmup_epochs: int = limited(0, low=0)
     """Epochs W of the linear τ_t warm-up: τ_t rises from ``teacher_temp`` in epoch 1 to ``teacher_temp_final`` in
     epoch W (DINO's ``linspace`` schedule)."""
-    center_momentum: float = 0.9
+    center_momentum: float = limited(0.9, low=0, high=1)
     """Momentum m_c of the centre."""
-    momentum_teacher: float = 0.996
+    momentum_teacher: float = limited(0.996, low=0, high=1)
     """EMA momentum at the start; it follows a cosine to 1."""
-    freeze_last_layer: int = 1
+    freeze_last_layer: int = limited(1, low=0)
     """Epochs during which the last layer of the head is not trained."""
-    n_global: int = 2
+    n_global: int = limited(2, low=1)
     """Global crops (the teacher's views)."""
-    n_local: int = 4
+    n_local: int = limited(4, low=0)
     """Local crops."""
-    global_size: int = 32
+    global_size: int = limited(32, low=1)
     """Global crop side (px)."""
-    local_size: int = 16
+    local_size: int = limited(16, low=1)
     """Local crop side (px)."""
-    global_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+    global_scale: list[float] = limited(lambda: [0.14, 1.0], low=0, high=1, low_open=True, length=2)
     """Area range of the global crops."""
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    local_scale: list[float] = limited(lambda: [0.05, 0.14], low=0, high=1, low_open=True, length=2)
     """Area range of the local crops."""
-    knn_k: int = 20
+    knn_k: int = limited(20, low=1)
     """Neighbours of the k-NN evaluation."""
     collapse_patience: int = limited(3, low=0)
     """Consecutive epochs of a collapsed teacher (uniform, or on a few dimensions) after which the run warns, once

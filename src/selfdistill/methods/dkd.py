@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..losses import cross_entropy, kl_rows
 from .base import StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -48,17 +49,17 @@ def dkd_terms(zt: Tensor, zs: Tensor, y: Tensor, T: float, nckd_mask: float = 10
 class DKDOptions(TeacherOptions):
     """DKD options (defaults: mdistiller CIFAR, ResNet32x4 → ResNet8x4)."""
 
-    alpha: float = 1.0
+    alpha: float = limited(1.0, low=0)
     """Weight of TCKD."""
-    beta: float = 8.0
+    beta: float = limited(8.0, low=0)
     """Weight of NCKD (2 for ResNet56→20 and 110→32, 6 for WRN/VGG pairs, 0.5 on ImageNet)."""
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Temperature."""
-    warmup: int = 20
+    warmup: int = limited(20, low=0)
     """Epochs of the linear warm-up of the KD part: factor ``min(e / warmup, 1)`` at 1-based epoch e."""
-    w_ce: float = 1.0
+    w_ce: float = limited(1.0, low=0)
     """Weight of the label cross-entropy."""
-    nckd_mask: float = 1000.0
+    nckd_mask: float = limited(1000.0, low=0)
     """Subtracted from the target logit in the non-target softmax: 1000 (official) or ``inf`` (clean)."""
 
 

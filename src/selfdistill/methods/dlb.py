@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 
@@ -22,9 +23,9 @@ from .base import Method, StepOutput, register_method
 class DLBOptions:
     """DLB options (T = 3, α = 1: the commonly attributed values [unverified])."""
 
-    T: float = 3.0
+    T: float = limited(3.0, low=0, low_open=True)
     """Distillation temperature."""
-    alpha: float = 1.0
+    alpha: float = limited(1.0, low=0)
     """Weight of the distillation term."""
     joint_forward: bool = False
     """``false`` (official): two forwards, the current batch first, then the previous batch's second view (each

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, entropy_rows, kd_rows_from_probs, reduce_rows, standardize_logits
 from ..patch_swap import ImageSwapOptions, swap_with_mask
 from .base import Method, StepOutput, register_method
@@ -46,13 +47,13 @@ class IPSOptions(ImageSwapOptions):
     """``symmetric`` and ``originals``: average (½·(…)) or sum of the two directions."""
     conf_measure: Literal["gt_prob", "max_prob", "margin", "neg_entropy"] = "gt_prob"
     """Confidence used by ``confidence``: p_y, max_c p_c, z_y − max_{c≠y} z_c, or Σ p log p. Ties: a teaches."""
-    min_conf_gap: float = 0.0
+    min_conf_gap: float = limited(0.0, low=0)
     """Pairs whose confidence gap is below this get no KD term (the mean still divides by all pairs)."""
     detach_teacher: bool = True
     """Stop gradients through the teacher logits."""
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Distillation temperature (of the student side, and of the T² factor)."""
-    T_teacher: float | None = None
+    T_teacher: float | None = limited(None, low=0, low_open=True)
     """Temperature of the teacher side (``None``: ``T``); above ``T`` the target is softer than the student."""
     logit_standardize: bool = False
     """Z-score every row of teacher and student logits before the temperature (logit standardisation): the KD
@@ -60,9 +61,9 @@ class IPSOptions(ImageSwapOptions):
     kd_gate: Literal["none", "teacher_correct"] = "none"
     """``teacher_correct``: a pair (or direction) is distilled only where its teacher's target ranks the label
     first; the mean still divides by all pairs."""
-    lambda_kd: float = 0.1
+    lambda_kd: float = limited(0.1, low=0)
     """Weight of the KD term."""
-    kd_warmup_epochs: int = 0
+    kd_warmup_epochs: int = limited(0, low=0)
     """Linear ramp of λ: λ(e) = λ·min(1, (e−1)/w) for 1-based epoch e (0 = constant)."""
     ce_inputs: Literal["swapped", "swapped+original"] = "swapped+original"
     """Images under the CE term; ``+original`` also forwards the two unswapped images (2B more)."""
@@ -77,11 +78,8 @@ class IPSOptions(ImageSwapOptions):
     """Reduction of the KD term over pairs."""
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [*super().checks(),
-                (self.T > 0 and self.lambda_kd >= 0, "T must be > 0 and lambda_kd >= 0"),
-                (self.T_teacher is None or self.T_teacher > 0, "T_teacher must be > 0 (or null: T)"),
-                (self.partner_source == "sampler" or self.batch_counts == "anchors",
-                 "batch_counts=images needs partner_source=sampler")]
+        return [*super().checks(), (self.partner_source == "sampler" or self.batch_counts == "anchors",
+                                    "batch_counts=images needs partner_source=sampler")]
 
     @property
     def forwards_clean(self) -> bool:

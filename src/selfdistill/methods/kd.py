@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..batch import Batch
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -17,11 +18,11 @@ from .teacher import TeacherMethod, TeacherOptions
 class KDOptions(TeacherOptions):
     """Hinton KD options (defaults: the CRD CIFAR protocol, RepDistiller ``-r 0.1 -a 0.9``)."""
 
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Distillation temperature."""
-    w_ce: float = 0.1
+    w_ce: float = limited(0.1, low=0)
     """Weight of the label cross-entropy."""
-    w_kd: float = 0.9
+    w_kd: float = limited(0.9, low=0)
     """Weight of ``KD_T(teacher, student)`` (already ×T²)."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of the KL over rows (``elementwise_mean`` divides by B·K)."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..losses import soft_cross_entropy
 from .base import Method, StepOutput, register_method
 
@@ -31,7 +32,7 @@ def smoothed_targets(y: Tensor, num_classes: int, epsilon: float,
 class LSOptions:
     """Label-smoothing options."""
 
-    epsilon: float = 0.1
+    epsilon: float = limited(0.1, low=0, high=1)
     """Smoothing mass ε taken from the label."""
     ls_form: Literal["uniform_all", "uniform_nontarget"] = "uniform_all"
     """``uniform_all``: (1−ε)e_y + ε/K; ``uniform_nontarget``: the label keeps 1−ε, every other class ε/(K−1)."""

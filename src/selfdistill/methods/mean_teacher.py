@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batch import Batch, DataRequirements
+from ..config import limited
 from ..engine.distributed import unwrap, update_center
 from ..engine.optim import ModelEMA, cosine_to_one
 from ..losses import cross_entropy, kd_loss, kl_div
@@ -22,13 +23,13 @@ from .base import Method, StepOutput, register_method
 class MeanTeacherOptions:
     """Mean-teacher options (library design)."""
 
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Temperature of the ``kl`` consistency."""
-    lam: float = 1.0
+    lam: float = limited(1.0, low=0)
     """Weight of the consistency term after the ramp."""
-    ramp_fraction: float = 0.05
+    ramp_fraction: float = limited(0.05, low=0, high=1)
     """Fraction of training over which the weight ramps up as ``exp(−5(1 − t)²)``."""
-    ema_decay: float = 0.999
+    ema_decay: float = limited(0.999, low=0, high=1)
     """EMA decay per step (the start value under the cosine schedule)."""
     ema_schedule: Literal["constant", "cosine", "warmup"] = "constant"
     """``cosine``: decay rises from ``ema_decay`` to 1 over training (DINO-style); ``warmup``: update n (1-based)
@@ -38,10 +39,10 @@ class MeanTeacherOptions:
     """``kl``: KD_T(sg z_t, z_s); ``mse_prob``: mean squared error between the probabilities (the original form)."""
     student_view: Literal["weak", "strong"] = "weak"
     """The student's view: an independent weak view or a strong (RandAugment + Cutout) one."""
-    teacher_temp: float = 0.0
+    teacher_temp: float = limited(0.0, low=0)
     """DINO-style target instead of ``σ_T(z_t)``: ``softmax((z_t − c)/teacher_temp)`` with a centre ``c`` (an EMA
     of the teacher's logits, momentum ``center_momentum``); 0 keeps the plain temperature T (``kl`` only)."""
-    center_momentum: float = 0.9
+    center_momentum: float = limited(0.9, low=0, high=1)
     """Momentum of the centre used with ``teacher_temp``."""
     teacher_bn: Literal["copy", "average", "batch"] = "batch"
     """The teacher's BatchNorm: ``batch`` = the teacher normalises by its own batch's statistics (train-mode forward,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batch import Batch
+from ..config import limited
 from ..engine.distributed import DistInfo
 from ..engine.memory import SampleMemory
 from ..losses import soft_cross_entropy
@@ -20,7 +21,7 @@ from .base import Method, StepOutput, register_method
 class PSKDOptions:
     """PS-KD options."""
 
-    alpha_T: float = 0.8
+    alpha_T: float = limited(0.8, low=0, high=1)
     """Final mixing weight; epoch e (1-based) uses ``α_T·e/E``."""
     memory_dtype: Literal["fp32", "fp16"] = "fp32"
     """Storage of the N×K memory (fp16 halves it, e.g. for ImageNet)."""

@@ -6,13 +6,14 @@ epoch γ) the swapped student itself are distilled at several temperatures on a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataRequirements
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, kd_loss
 from .base import Method, StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -31,15 +32,15 @@ def swap_logits(z: Tensor, y: Tensor) -> Tensor:
 class SLDSelfOptions:
     """``sld_self`` options (library design, docs/methods.md, sld)."""
 
-    temps: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    temps: list[float] = limited(lambda: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], low=0, low_open=True)
     """Temperatures of the distillation terms."""
     temp_reduce: Literal["sum", "mean"] = "sum"
     """Combine the temperature terms by their sum (official) or mean."""
-    w_ce: float = 1.0
+    w_ce: float = limited(1.0, low=0)
     """Weight of the label CE (summed over views)."""
-    w_kd: float = 1.0
+    w_kd: float = limited(1.0, low=0)
     """Weight of the distillation terms."""
-    gamma: float = 150.0
+    gamma: float = limited(150.0, low=0)
     """The student-swap term is on for 1-based epochs ``e > gamma`` (``inf``: never)."""
     detach_pseudo_teacher: bool = True
     """Detach the swapped student logits used as a target."""
@@ -57,9 +58,9 @@ class SLDSelfOptions:
 class SLDOptions(SLDSelfOptions, TeacherOptions):
     """SLD options (defaults: the official CIFAR code on mdistiller's defaults)."""
 
-    w_ce: float = 0.1
+    w_ce: float = limited(0.1, low=0)
     """Weight of the label CE (summed over views)."""
-    w_kd: float = 0.9
+    w_kd: float = limited(0.9, low=0)
     """Weight of all distillation terms (teacher-swap and student-swap)."""
     detach_pseudo_teacher: bool = False
     """Detach the swapped student logits used as a target (official: not detached)."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import ConfigError, limited
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from .base import Method, MethodContext
 
@@ -34,9 +34,9 @@ class TeacherOptions:
     dict; for a selfdistill checkpoint, if given, it must match the checkpoint's."""
     teacher_kwargs: dict[str, Any] = field(default_factory=dict)
     """Model keyword arguments for a plain state dict."""
-    teacher_mean: list[float] | None = None
+    teacher_mean: list[float] | None = limited(None, low=0, high=1)
     """Input mean the teacher was trained with (plain state dict); ``None``: the checkpoint's, else the student's."""
-    teacher_std: list[float] | None = None
+    teacher_std: list[float] | None = limited(None, low=0, high=1, low_open=True)
     """Input std the teacher was trained with (plain state dict); ``None``: the checkpoint's, else the student's."""
     teacher_ema: bool = False
     """Use the EMA weights of a selfdistill checkpoint."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..losses import KLReduction, cross_entropy, kd_loss, kl_div
 from .base import Method, StepOutput, register_method
 from .teacher import TeacherMethod, TeacherOptions
@@ -20,11 +21,11 @@ from .teacher import TeacherMethod, TeacherOptions
 class TFKDSelfOptions(TeacherOptions):
     """Tf-KD_self options (the teacher is a CE-trained copy of the same architecture)."""
 
-    alpha: float = 0.95
+    alpha: float = limited(0.95, low=0, high=1)
     """Weight of the distillation term; CE gets ``1 − alpha``."""
-    T: float = 6.0
+    T: float = limited(6.0, low=0, low_open=True)
     """Temperature."""
-    multiplier: float = 50.0
+    multiplier: float = limited(50.0, low=0)
     """Extra factor on the distillation term (official 50 with ``elementwise_mean``)."""
     kl_reduction: KLReduction = "elementwise_mean"
     """Reduction of the KL (official ``elementwise_mean`` = ÷B·K)."""
@@ -67,11 +68,11 @@ def virtual_targets(y: Tensor, num_classes: int, a: float, tau: float,
 class TFKDRegOptions:
     """Tf-KD_reg (virtual teacher) options; defaults are the ``official`` preset."""
 
-    a: float = 0.99
+    a: float = limited(0.99, low=0, high=1)
     """Virtual teacher's probability on the true class."""
-    tau: float = 20.0
+    tau: float = limited(20.0, low=0, low_open=True)
     """Temperature of the virtual target."""
-    alpha: float = 0.1
+    alpha: float = limited(0.1, low=0, high=1)
     """Weight of the regulariser; CE gets ``1 − alpha``."""
     target_form: Literal["prob_softmax", "logit_softmax"] = "prob_softmax"
     """``prob_softmax``: softmax of the probability vector ÷τ (official quirk); ``logit_softmax``: of ``log p^d``/τ."""
@@ -79,7 +80,7 @@ class TFKDRegOptions:
     """Divide the student logits by τ in the KL (clean) or not (official)."""
     scale_T2: bool = False
     """Multiply the KL by τ² (clean)."""
-    multiplier: float = 100.0
+    multiplier: float = limited(100.0, low=0)
     """Extra factor on the KL (official 100 with ``elementwise_mean``)."""
     kl_reduction: KLReduction = "elementwise_mean"
     """Reduction of the KL."""

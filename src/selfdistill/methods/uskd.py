@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..engine.distributed import batch_mean, unwrap
 from ..losses import cross_entropy, soft_cross_entropy, zipf_targets
 from ..models.features import FeatureTaps, find_stages, tap_stages
@@ -40,11 +41,11 @@ def uskd_nontarget_targets(z: Tensor, w: Tensor, y: Tensor, rank_by: Literal["pr
 class USKDOptions:
     """USKD options (defaults: CIFAR-100 values of ``yzd-v/cls_KD``)."""
 
-    alpha: float = 0.1
+    alpha: float = limited(0.1, low=0)
     """Weight of the normalised target term (ImageNet: 1)."""
-    beta: float = 0.1
+    beta: float = limited(0.1, low=0)
     """Weight of the non-target term."""
-    mu: float = 0.1
+    mu: float = limited(0.1, low=0)
     """Weight of the weak head's label-smoothed CE (ImageNet: 0.005)."""
     tap: str = ""
     """Module feeding the weak head (empty: the penultimate stage, found automatically)."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..config import limited
 from ..engine.distributed import unwrap
 from ..losses import cross_entropy, kl_rows, zipf_targets
 from .base import Method, StepOutput, register_method
@@ -31,9 +32,9 @@ def dense_votes(features: Tensor, fc: nn.Linear) -> Tensor:
 class ZipfOptions:
     """Zipf's LS options."""
 
-    lam: float = 0.1
+    lam: float = limited(0.1, low=0)
     """Weight λ of the KL term."""
-    power: float = 1.0
+    power: float = limited(1.0, low=0)
     """Zipf exponent (0 gives uniform non-target labels)."""
     score: Literal["dense", "logits"] = "dense"
     """Rank by the classifier's per-position votes on the last feature map (official) or by the logits."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...batch import Batch, DataRequirements
+from ...config import limited
 from ...methods.base import Method, NoOptions, StepOutput, register_method
 from ...patch_swap import SwapOptions
 from ...registry import Registry
@@ -127,20 +128,20 @@ class DetIPSOptions(SwapOptions):
     """Detection IPS options (docs/tasks.md, detection)."""
 
     # the swap's grid and ratio (SwapOptions), described as they act on the pair's common canvas
-    grid: int = 8
+    grid: int = limited(8, low=1)
     """Cells per side of the grid laid over the pair's common canvas."""
-    ratio_low: float = 0.0
+    ratio_low: float = limited(0.0, low=0, high=1)
     """Lower bound of the uniform per-pair swap ratio (``k = round(ratio·grid²)`` cells)."""
     box_policy: Literal["object_preserving", "background_only", "free"] = "object_preserving"
     """``object_preserving``: whole units of cells linked by a box (no box is cut); ``background_only``: only
     cells touching no box; ``free``: any cells, cut boxes become the box of their visible part."""
-    k_max: int | None = None
+    k_max: int | None = limited(None, low=0)
     """``object_preserving``: a unit that would take the swap past this many cells is skipped (``None``: grid²)."""
-    min_visible: float = 0.5
+    min_visible: float = limited(0.5, low=0, high=1)
     """``free``: a cut box is dropped when less than this fraction of it stays visible."""
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Distillation temperature."""
-    lambda_kd: float = 1.0
+    lambda_kd: float = limited(1.0, low=0)
     """Weight of the matched-proposal distillation term."""
     kd_norm: Literal["classification", "pairs"] = "classification"
     """``classification``: the term is normalised like the detector's classification loss (each student box's KL
@@ -151,10 +152,6 @@ class DetIPSOptions(SwapOptions):
     sigmoid_kd: Literal["bernoulli", "softmax"] = "bernoulli"
     """Sigmoid heads (RetinaNet, FCOS): per-class Bernoulli KL summed over classes, or a softmax over the K class
     logits. Softmax heads (Faster R-CNN) always use the K + 1-way distribution."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [*super().checks(), (self.T > 0 and self.lambda_kd >= 0 and 0.0 <= self.min_visible <= 1.0,
-                                    "need T > 0, lambda_kd >= 0 and min_visible in [0, 1]")]
 
 
 @register_method("ips", DET_METHODS)

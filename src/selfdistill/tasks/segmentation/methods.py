@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...batch import Batch, DataRequirements
+from ...config import limited
 from ...engine.distributed import global_mean
 from ...methods.base import Method, NoOptions, StepOutput, register_method
 from ...patch_swap import SwapOptions, swap_with_mask
@@ -65,22 +66,18 @@ class DenseIPSOptions(SwapOptions):
     predictions are distilled, the more confident teaching (4 images per pair); ``originals``: each swapped image's
     pixel is taught by the same pixel of the clean image it comes from (a forward of the clean images without
     gradient)."""
-    T: float = 4.0
+    T: float = limited(4.0, low=0, low_open=True)
     """Distillation temperature."""
-    lambda_kd: float = 0.01
+    lambda_kd: float = limited(0.01, low=0)
     """Weight of the dense distillation term (the specification's reading: 1)."""
-    min_pixels: int = 64
+    min_pixels: int = limited(64, low=0)
     """``class_region``: a class counts in a swapped map when it covers at least this many pixels."""
-    border_margin: int = 0
+    border_margin: int = limited(0, low=0)
     """Pixels within this many px of a swapped/kept boundary are left out of the distillation term."""
     ce_inputs: Literal["swapped", "swapped+original"] = "swapped+original"
     """Images under the CE term: the swapped pair, or also the two clean images (forwarded with the swapped ones:
     4 images per pair; CE is the mean of the four maps' pixel CE). ``originals`` then takes its teacher from that
     forward, detached."""
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [*super().checks(), (self.T > 0 and self.lambda_kd >= 0 and self.border_margin >= 0,
-                                    "need T > 0, lambda_kd >= 0 and border_margin >= 0")]
 
 
 @register_method("ips", SEG_METHODS)
