@@ -143,3 +143,17 @@ def test_values_outside_the_obvious_range_that_mean_something_stay_valid():
     assert resolve_config({"method": {"name": "dkd", "nckd_mask": math.inf}}).method["nckd_mask"] == math.inf
     assert resolve_config({"method": {"name": "sld_self", "gamma": math.inf}}).method["gamma"] == math.inf
     assert resolve_config({"method": {"name": "ips", "T_teacher": None}}).method["T_teacher"] is None
+
+
+@pytest.mark.parametrize(("method", "message"), [
+    ({"name": "dino", "n_global": 1, "n_local": 0}, "method.n_global + method.n_local must be at least 2"),
+    ({"name": "dino", "global_scale": [1.0, 0.5]}, "method.global_scale is an area range [low, high], got low 1.0"),
+    ({"name": "dino", "local_scale": [0.3, 0.1]}, "method.local_scale is an area range"),
+    ({"name": "sld_self", "temps": []}, "method.temps must list at least one temperature"),
+    ({"name": "sld", "temps": []}, "method.temps must list at least one temperature"),
+])
+def test_options_that_do_not_fit_together_are_refused_naming_them(method, message):
+    """Values each in range whose combination the method cannot run: refused when read, not at the first step."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config({"method": method})
+    assert resolve_config({"method": {"name": "dino", "n_global": 1, "n_local": 1}}).method["n_local"] == 1

@@ -237,6 +237,15 @@ class DINOOptions:
     and the standardised pixels, flattened (``knn_pixels_*``, ``probe_pixels_*``); computed once, at the first
     evaluation, from a copy of the network taken at set-up."""
 
+    def __post_init__(self) -> None:
+        if self.n_global + self.n_local < 2:
+            raise ValueError(f"n_global + n_local must be at least 2 (the loss pairs each teacher crop with another "
+                             f"crop), got {self.n_global} + {self.n_local}")
+        for key in ("global_scale", "local_scale"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key} is an area range [low, high], got low {low} > high {high}")
+
 
 @register_method("dino")
 class DINO(Method):

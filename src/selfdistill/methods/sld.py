@@ -33,7 +33,7 @@ class SLDSelfOptions:
     """``sld_self`` options (library design, docs/methods.md, sld)."""
 
     temps: list[float] = limited(lambda: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], low=0, low_open=True)
-    """Temperatures of the distillation terms."""
+    """Temperatures of the distillation terms (at least one)."""
     temp_reduce: Literal["sum", "mean"] = "sum"
     """Combine the temperature terms by their sum (official) or mean."""
     w_ce: float = limited(1.0, low=0)
@@ -52,6 +52,10 @@ class SLDSelfOptions:
     """One student forward per view (own BN batch statistics, official) or one forward over both views."""
     kl_reduction: KLReduction = "batchmean"
     """Reduction of each KL over rows."""
+
+    def __post_init__(self) -> None:
+        if not self.temps:
+            raise ValueError("temps must list at least one temperature")
 
 
 @dataclass
