@@ -163,7 +163,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     grid = load_grid(args.config, args.out, plugins=args.plugins)
     if args.dry_run:
         for run in grid.runs:
-            changes = run.changes() if run.status == "done" else []
+            changes = run.changes() if run.status != "pending" else []
             print(f"{'stale' if changes else run.status:8s} {run.run_dir}"
                   + (f"  (other settings: {'; '.join(changes)})" if changes else ""))
         return 0

@@ -82,6 +82,14 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
 
     report = write_report(tmp_path / "runs")
     text = report.read_text()
+    # a gain ladder names labels the runs have, at least two of them
+    with pytest.raises(ConfigError, match=r"'ips\(p_swap=0.6\)': no run has this label. Did you mean 'ips\(p_swap=0.5"):
+        write_report(tmp_path / "runs", tmp_path / "ladder", ladder=("ce", "ips(p_swap=0.6)"))
+    with pytest.raises(ConfigError, match="at least two rungs"):
+        write_report(tmp_path / "runs", tmp_path / "ladder", ladder=("ce",))
+    laddered = write_report(tmp_path / "runs", tmp_path / "ladder", ladder=("ce", "ips(p_swap=0.5)")).read_text()
+    assert "--ladder ce --ladder 'ips(p_swap=0.5)'" in laddered
+    assert "| all steps: `ips(p_swap=0.5)` over `ce` |" in laddered
     assert "| `ce` | 2 |" in text and "| `ips(p_swap=0.5)` | 2 |" in text and "(n=2)" in text
     assert "![training diagnostics](diagnostics_synthetic_resnet8.png)" in text
     for name in ("curves_synthetic_resnet8.png", "reliability_synthetic_resnet8.png",
@@ -176,31 +184,43 @@ def test_bench_skips_done_resumes_partial_and_reports(tmp_path, capsys):
     assert "val top-1 (last)" in both and both.endswith("outro\n")
 
 
-def test_finished_runs_trained_with_other_settings_than_the_grid_now_gives_are_refused(tmp_path, capsys):
-    """A grid edited after its runs finished (its base config or a value) would report them under settings they never
-    ran: the bench refuses, names the runs and the changed keys, and the dry run marks them ``stale``; a change of
-    what a run only logs or evaluates (``train.eval_train``) is the same experiment."""
+def test_started_runs_trained_with_other_settings_than_the_grid_now_gives_are_refused(tmp_path, capsys):
+    """A grid edited after its runs started (its base config or a value) would report finished runs under settings
+    they never ran and fail at a partial run's resume: the bench refuses before it trains, names the runs and the
+    changed keys, and the dry run marks them ``stale``. More epochs continue a partial run but not a finished one,
+    which trained exactly its saved number; a change of what a run only logs or evaluates (``train.eval_train``) is
+    the same experiment."""
     from selfdistill.config import save_yaml
 
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(GRID))
-    for run in load_grid(path).runs:  # finished runs, as the grid gives them today
+    runs = load_grid(path).runs
+    for run in runs:  # started runs, as the grid gives them today: three finished, one with a checkpoint only
         run.run_dir.mkdir(parents=True)
         save_yaml(run.config, run.run_dir / "config.yaml")
-        (run.run_dir / "summary.json").write_text("{}")
+        (run.run_dir / ("last.pt" if run is runs[3] else "summary.json")).write_text("{}")
+
+    def edited(**train):
+        return {**GRID, "config": {**GRID["config"], "train": {**GRID["config"]["train"], **train}}}
+
     logs = []
-    assert run_grid(load_grid(path), log=logs.append) == [] and "4 already done, 0 to run" in logs[0]
-    edited = {**GRID, "config": {**GRID["config"], "optim": {"lr": 0.2}}}
-    path.write_text(yaml.safe_dump(edited))
-    with pytest.raises(ConfigError, match=r"4 finished runs .*ce_resnet8_s0 \(optim\.lr: 0\.1 -> 0\.2\).*Delete"):
-        run_grid(load_grid(path), log=lambda m: None)
+    path.write_text(yaml.safe_dump({**GRID, "config": {**GRID["config"], "optim": {"lr": 0.2}}}))
+    with pytest.raises(ConfigError, match=r"4 started run\(s\) .*ce_resnet8_s0 \(optim\.lr: 0\.1 -> 0\.2\).*Delete"):
+        run_grid(load_grid(path), log=logs.append)
+    assert not logs  # refused before anything ran
     assert main(["bench", "--config", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 and all(line.startswith("stale") and "optim.lr: 0.1 -> 0.2" in line for line in out)
-    assert main(["bench", "--config", str(path)]) == 2 and "finished runs" in capsys.readouterr().err
-    evaluated = {**GRID, "config": {**GRID["config"], "train": {**GRID["config"]["train"], "eval_train": True}}}
-    path.write_text(yaml.safe_dump(evaluated))
-    assert run_grid(load_grid(path), log=lambda m: None) == []
+    assert main(["bench", "--config", str(path)]) == 2 and "started run(s)" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump(edited(epochs=3)))
+    assert main(["bench", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["stale", "stale", "stale", "partial"]
+    assert "train.epochs: 2 -> 3" in out[0]
+    path.write_text(yaml.safe_dump(edited(eval_train=True)))
+    runs[3].run_dir.joinpath("summary.json").write_text("{}")  # all four finished: nothing to run, nothing stale
+    logs = []
+    assert run_grid(load_grid(path), log=logs.append) == [] and "4 already done, 0 to run" in logs[0]
 
 
 def test_method_label_names_changed_options_but_not_the_teacher_source():

@@ -156,4 +156,7 @@ def test_options_that_do_not_fit_together_are_refused_naming_them(method, messag
     """Values each in range whose combination the method cannot run: refused when read, not at the first step."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_config({"method": method})
+
+
+def test_one_global_crop_with_a_local_one_is_enough_for_dino():
     assert resolve_config({"method": {"name": "dino", "n_global": 1, "n_local": 1}}).method["n_local"] == 1

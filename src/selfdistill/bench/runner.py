@@ -48,8 +48,9 @@ class RunSpec:
 
     def changes(self) -> list[str]:
         """How the settings saved in the run folder differ from this point's (``key: old -> new``; none for a
-        folder without a ``config.yaml``): a finished run with any was trained by another grid than this one."""
-        return saved_changes(self.run_dir, parse_config(self.config))
+        folder without a ``config.yaml``): a run with any was started by another grid than this one. A partial run
+        may go on for more epochs; a finished one trained exactly its saved number."""
+        return saved_changes(self.run_dir, parse_config(self.config), finished=self.status == "done")
 
     @property
     def status(self) -> str:
@@ -244,13 +245,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def check_finished(grid: Grid) -> None:
-    """Refuse a grid whose finished runs were trained with other settings than the grid now gives them (its base
-    config or a grid value edited since): skipped as done, they would be reported under settings they never ran."""
+def check_started(grid: Grid) -> None:
+    """Refuse a grid whose started runs (finished, or with a checkpoint) were trained with other settings than the
+    grid now gives them (its base config or a grid value edited since): a finished one would be skipped and
+    reported under settings it never ran, a partial one refused at its resume after the others had run."""
     stale = [f"{r.run_dir} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})"
-             for r in grid.runs if r.status == "done" and (changes := r.changes())]
+             for r in grid.runs if r.status != "pending" and (changes := r.changes())]
     if stale:
-        raise ConfigError(f"{len(stale)} finished runs of this grid were trained with other settings than it now "
+        raise ConfigError(f"{len(stale)} started run(s) of this grid were trained with other settings than it now "
                           f"gives them: {', '.join(stale)}. Delete those run folders to train them again with the "
                           "grid's settings, or give the grid another 'out' (--out) to keep them.")
 
@@ -261,7 +263,7 @@ def run_grid(grid: Grid, jobs: int = 1, log=print) -> list[str]:
 
     A signal of any run's ``train.stop_signals`` is passed on to the runs in progress; once they have checkpointed
     and exited, :class:`TrainingStopped` is raised (unless every run is done by then)."""
-    check_finished(grid)
+    check_started(grid)
     todo = [r for r in grid.runs if r.status != "done"]
     log(f"{len(grid.runs)} runs, {len(grid.runs) - len(todo)} already done, {len(todo)} to run, {jobs} at a time")
     log_dir = grid.out / "_logs"

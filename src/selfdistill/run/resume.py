@@ -35,10 +35,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+def config_changes(saved: dict[str, Any], cfg: RunConfig, finished: bool = False) -> list[str]:
     """``key: old -> new`` for each key whose value differs between a run's saved config and ``cfg``, leaving out
     :data:`RESUMABLE_CHANGES` and keys the saved run did not have yet (added to the library since) at their
-    default value."""
+    default value. For a ``finished`` run ``train.epochs`` counts too: it trained exactly the saved number."""
     with warnings.catch_warnings():  # keys since moved are read in their new place, as a new run reads them
         warnings.simplefilter("ignore", DeprecationWarning)
         old = _flatten(to_dict(parse_config(saved)))
@@ -50,7 +50,8 @@ def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     if task.Options is not None:
         defaults.update(_flatten(to_dict(from_dict(task.Options, {})), f"{cfg.task}."))
     diff = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+                  if old.get(k) != new.get(k) and (not k.startswith(RESUMABLE_CHANGES)
+                                                   or (finished and k == "train.epochs"))
                   and not (k not in old and k in defaults and new.get(k) == defaults[k]))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff]
 
@@ -72,13 +73,13 @@ def check_resume_config(saved: dict[str, Any], cfg: RunConfig, run_dir: Path) ->
         raise _resume_refused(run_dir, changes)
 
 
-def saved_changes(run_dir: Path, cfg: RunConfig) -> list[str]:
+def saved_changes(run_dir: Path, cfg: RunConfig, finished: bool = False) -> list[str]:
     """:func:`config_changes` between the ``config.yaml`` saved in ``run_dir`` and ``cfg`` (none without one)."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
     try:
-        return config_changes(load_yaml(saved), cfg)
+        return config_changes(load_yaml(saved), cfg, finished)
     except ConfigError as exc:  # written by a version whose keys this one does not read
         return [f"its config.yaml is not a config of this version: {exc}"]
 

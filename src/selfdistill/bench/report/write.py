@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...config import ConfigError
+from ...registry import did_you_mean
 
 # the modules that register the built-in sections
 from . import breakdowns, cost, diagnostics, generations, plots, table  # noqa: F401
@@ -49,6 +50,18 @@ def _group_heading(group: Group) -> list[str]:
                if any("[" in c.label for c in group.cells) else "."), ""]
 
 
+def _check_ladder(ladder: tuple[str, ...], labels: set[str]) -> None:
+    """Refuse a ladder of fewer than two rungs or with a label no run has (a typo would leave the table out)."""
+    if not ladder:
+        return
+    if len(ladder) < 2:
+        raise ConfigError(f"--ladder needs at least two rungs (a chain of method labels), got {list(ladder)}")
+    for label in ladder:
+        if label not in labels:
+            raise ConfigError(f"--ladder {label!r}: no run has this label.{did_you_mean(label, sorted(labels))} "
+                              "The labels are the report's method column, e.g. 'ips(p_swap=0.0)'.")
+
+
 def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | None = None, baseline: str = "ce",
                  split: str = "test", ladder: tuple[str, ...] = ()) -> Path:
     """Write ``report.md``, ``runs.csv`` and PNG plots for the runs under ``runs_dirs`` (one folder or several);
@@ -60,6 +73,7 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     if not runs:
         raise ConfigError(f"no finished runs (summary.json) under {', '.join(map(str, dirs))}: name the folders "
                           "that hold the run directories")
+    _check_ladder(ladder, {run.label for run in runs})
     out = Path(out) if out is not None else dirs[0].parent / "report"
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
