@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfdistill.data import DataModule
 from selfdistill.methods.dino import DINOHead, teacher_instruments
@@ -52,11 +51,7 @@ def measure(images: torch.Tensor, num_classes: int, use_bn: bool, official_init:
     fc = last_linear(net)
     feats: dict[str, torch.Tensor] = {}
     fc.register_forward_pre_hook(lambda _m, args: feats.__setitem__("f", args[0]))
-    head = DINOHead(fc.in_features, out_dim, use_bn=use_bn)
-    if not official_init:
-        for layer in head.mlp:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()  # PyTorch's default
+    head = DINOHead(fc.in_features, out_dim, use_bn=use_bn, init="official" if official_init else "pytorch")
     net.train(), head.train()
     with torch.no_grad():
         net(images)

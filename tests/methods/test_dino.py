@@ -158,6 +158,8 @@ def test_head_starts_as_the_official_one():
             assert m.weight.mean().abs().item() < 0.002 and not m.bias.any()
         assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) == use_bn
         assert torch.equal(head.last.parametrizations.weight.original0, torch.ones(32, 1))
+    old = DINOHead(64, out_dim=32, hidden=512, bottleneck=16, init="pytorch")  # the library before 2026-12-07
+    assert old.mlp[0].weight.std().item() == pytest.approx(1 / math.sqrt(3 * 64), rel=0.05) and old.mlp[0].bias.any()
 
 
 def test_teacher_update_moves_parameters_and_leaves_its_batchnorm_statistics_its_own():
@@ -181,6 +183,15 @@ def test_teacher_update_moves_parameters_and_leaves_its_batchnorm_statistics_its
     m.after_step(model)
     assert torch.equal(teacher_stats, before)
     assert not torch.equal(t_param, t_before)
+    # teacher_bn: average (the library before 2026-12-07) moves them towards the student's like the weights
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3)
+    m = _dino(model, n_local=2, teacher_bn="average", momentum_teacher=0.9)
+    m.training_step(model, batch, 1)
+    student_stats, teacher_stats = model.get_buffer(name), m.teacher.module["backbone"].get_buffer(name)
+    expected = 0.9 * teacher_stats + 0.1 * student_stats
+    m.after_step(model)
+    torch.testing.assert_close(teacher_stats, expected)
 
 
 @pytest.mark.parametrize("warmup", [1, 2, 30])

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -102,12 +102,14 @@ class CollapseMonitor:
 
 class DINOHead(nn.Module):
     """MLP (GELU; BatchNorm after each hidden layer with ``use_bn``) → bottleneck → L2 normalisation →
-    weight-normalised linear layer to ``out_dim``. The MLP's linear layers start as the official head's: weights
-    from a normal of std 0.02 truncated at ±2 (absolute, i.e. ±100 std: in effect untruncated), biases 0; the
-    last layer keeps PyTorch's initialisation, its gain fixed to 1."""
+    weight-normalised linear layer to ``out_dim``. With ``init='official'`` the MLP's linear layers start as the
+    official head's: weights from a normal of std 0.02 truncated at ±2 (absolute, i.e. ±100 std: in effect
+    untruncated), biases 0; ``'pytorch'`` keeps PyTorch's initialisation. The last layer keeps PyTorch's, its gain
+    fixed to 1."""
 
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden: int = 2048, bottleneck: int = 256,
-                 layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
+                 layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False,
+                 init: Literal["official", "pytorch"] = "official") -> None:
         super().__init__()
         dims = [in_dim] + [hidden] * (layers - 1) + [bottleneck]
         mlp: list[nn.Module] = []
@@ -116,7 +118,7 @@ class DINOHead(nn.Module):
             if i < layers - 1:
                 mlp += [nn.BatchNorm1d(hidden), nn.GELU()] if use_bn else [nn.GELU()]
         self.mlp = nn.Sequential(*mlp)
-        for layer in self.mlp:
+        for layer in self.mlp if init == "official" else ():
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
@@ -196,6 +198,13 @@ class DINOOptions:
     use_bn_in_head: bool = False
     """BatchNorm after each hidden layer of the head (the official code's ``use_bn_in_head``): it removes the
     component that all images share, which dominates a small ResNet's pooled features at initialisation."""
+    head_init: Literal["official", "pytorch"] = "official"
+    """The head's hidden layers start from the official normal of std 0.02 with zero biases, or from PyTorch's
+    default initialisation (``pytorch``: the library before 2026-12-07, kept to reproduce its runs)."""
+    teacher_bn: Literal["own", "average"] = "own"
+    """The teacher's BatchNorm running statistics: its own, from its train-mode forwards of the global crops (the
+    official update moves parameters only), or an EMA of the student's like the weights (``average``: the library
+    before 2026-12-07). They matter only where the teacher is evaluated: it trains with batch statistics."""
     student_temp: float = limited(0.1, low=0, low_open=True)
     """Student temperature τ_s."""
     teacher_temp: float = limited(0.04, low=0, low_open=True)
@@ -280,10 +289,10 @@ class DINO(Method):
         fc = last_linear(net)
         fc.requires_grad_(False)  # no loss reads the logits; DDP (wrapped after set-up) then expects no gradient
         self.head = DINOHead(fc.in_features, o.out_dim, o.hidden_dim, o.bottleneck_dim,
-                             norm_last_layer=o.norm_last_layer, use_bn=o.use_bn_in_head).to(self.ctx.device)
-        # the EMA moves the parameters only, as the official update: the teacher's BatchNorm statistics are its own
-        # (its train-mode forwards of the global crops), never the student's, which mix in the local crops
-        self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher, buffers="own")
+                             norm_last_layer=o.norm_last_layer, use_bn=o.use_bn_in_head,
+                             init=o.head_init).to(self.ctx.device)
+        self.teacher = ModelEMA(nn.ModuleDict({"backbone": net, "head": self.head}), o.momentum_teacher,
+                                buffers=o.teacher_bn)
         self.teacher.module = self.ctx.sync_batchnorm(self.teacher.module)  # it runs in train mode
         self.init_backbone: nn.Module | None = copy.deepcopy(net).requires_grad_(False) if o.controls else None
         self.controls: dict[str, float] = {}
