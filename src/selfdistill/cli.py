@@ -163,7 +163,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     grid = load_grid(args.config, args.out, plugins=args.plugins)
     if args.dry_run:
         for run in grid.runs:
-            changes = run.changes() if run.status != "pending" else []
+            changes = run.changes()
             print(f"{'stale' if changes else run.status:8s} {run.run_dir}"
                   + (f"  (other settings: {'; '.join(changes)})" if changes else ""))
         return 0
@@ -225,11 +225,9 @@ def _demo_run(label: str, method: dict[str, Any], seed: int, args: argparse.Name
     return train(cfg)
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .bench.report import fmt, mean_std
+
     rows = [("method", "test top-1 %", "Δ vs ce, per seed", "ECE %", "s/epoch")]
     print("selfdistill demo: cross-entropy, Intra-class Patch Swap and its same-images control on scikit-learn's 8×8 "
           f"digits (offline), 20 training images per class, ResNet-8, CPU, seeds {list(DEMO_SEEDS)}\n")
@@ -238,7 +236,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for label, summaries in runs.items():
         top1 = [s.test("top1") for s in summaries]
         delta = "–" if label == "ce" else ", ".join(f"{t - c:+.2f}" for t, c in zip(top1, ce, strict=True))
-        rows.append((label, _mean_std(top1), delta, _mean_std([s.test("ece") for s in summaries]),
+        rows.append((label, fmt(*mean_std(top1)), delta, fmt(*mean_std([s.test("ece") for s in summaries])),
                      f"{statistics.mean(s.seconds_per_epoch for s in summaries):.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()

@@ -47,10 +47,13 @@ class RunSpec:
     run_dir: Path
 
     def changes(self) -> list[str]:
-        """How the settings saved in the run folder differ from this point's (``key: old -> new``; none for a
-        folder without a ``config.yaml``): a run with any was started by another grid than this one. A partial run
-        may go on for more epochs; a finished one trained exactly its saved number."""
-        return saved_changes(self.run_dir, parse_config(self.config), finished=self.status == "done")
+        """How the settings saved in a started run's folder differ from this point's (``key: old -> new``; none for a
+        pending run): a run with any was started by another grid than this one. A partial run may go on for more
+        epochs; a finished one trained exactly its saved number."""
+        status = self.status
+        if status == "pending":
+            return []
+        return saved_changes(self.run_dir, parse_config(self.config), finished=status == "done")
 
     @property
     def status(self) -> str:
@@ -250,7 +253,7 @@ def check_started(grid: Grid) -> None:
     grid now gives them (its base config or a grid value edited since): a finished one would be skipped and
     reported under settings it never ran, a partial one refused at its resume after the others had run."""
     stale = [f"{r.run_dir} ({'; '.join(changes[:3])}{'; ...' if len(changes) > 3 else ''})"
-             for r in grid.runs if r.status != "pending" and (changes := r.changes())]
+             for r in grid.runs if (changes := r.changes())]
     if stale:
         raise ConfigError(f"{len(stale)} started run(s) of this grid were trained with other settings than it now "
                           f"gives them: {', '.join(stale)}. Delete those run folders to train them again with the "

@@ -69,6 +69,7 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     screening of settings, which must not read the test split); ``ladder`` (method labels in rung order) adds the
     gain-ladder table of :mod:`.ladder` to each group that has its rungs."""
     dirs = [Path(d) for d in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
+    ladder = tuple(ladder)
     runs = [run for d in dirs for run in load_runs(d)]
     if not runs:
         raise ConfigError(f"no finished runs (summary.json) under {', '.join(map(str, dirs))}: name the folders "
@@ -79,10 +80,10 @@ def write_report(runs_dirs: str | Path | list[str | Path], out: str | Path | Non
     groups: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for run in runs:
         groups[run.group].setdefault(run.label, Cell(run.label)).runs.append(run)
-    lines = _header(dirs, len(runs), baseline, split, tuple(ladder))
+    lines = _header(dirs, len(runs), baseline, split, ladder)
     for (dataset, model), by_label in sorted(groups.items()):
         cells = sorted(by_label.values(), key=lambda c: (c.label != baseline, c.label))
-        group = Group(dataset, model, cells, baseline, split, out, tuple(ladder))
+        group = Group(dataset, model, cells, baseline, split, out, ladder)
         lines += _group_heading(group) + group_lines(group)
     write_csv(runs, out / "runs.csv")
     path = out / "report.md"
