@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import statistics
 import sys
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from selfdistill.bench.report import fmt, mean_std
 from selfdistill.data import DataModule
 from selfdistill.methods.dino import DINOHead, teacher_instruments
 from selfdistill.models import build_model
@@ -34,6 +35,8 @@ from selfdistill.run import resolve_config
 
 CONFIG = "configs/cifar10/resnet8_cpu_ce.yaml"
 SEEDS = (0, 1, 2)
+INITS: dict[Literal["official", "pytorch"], str] = {"official": "normal, std 0.02 (official)",
+                                                     "pytorch": "PyTorch default"}
 
 
 def mean_cosine(x: torch.Tensor) -> float:
@@ -43,7 +46,7 @@ def mean_cosine(x: torch.Tensor) -> float:
     return float(((x @ x.T).sum() - n) / (n * (n - 1)))
 
 
-def measure(images: torch.Tensor, num_classes: int, use_bn: bool, official_init: bool, seed: int,
+def measure(images: torch.Tensor, num_classes: int, use_bn: bool, init: Literal["official", "pytorch"], seed: int,
             out_dim: int, tau_t: float) -> dict[str, float]:
     """The geometry of one initialisation (see the module docstring)."""
     torch.manual_seed(seed)
@@ -51,7 +54,7 @@ def measure(images: torch.Tensor, num_classes: int, use_bn: bool, official_init:
     fc = last_linear(net)
     feats: dict[str, torch.Tensor] = {}
     fc.register_forward_pre_hook(lambda _m, args: feats.__setitem__("f", args[0]))
-    head = DINOHead(fc.in_features, out_dim, use_bn=use_bn, init="official" if official_init else "pytorch")
+    head = DINOHead(fc.in_features, out_dim, use_bn=use_bn, init=init)
     net.train(), head.train()
     with torch.no_grad():
         net(images)
@@ -83,14 +86,10 @@ def main(argv: list[str] | None = None) -> Path:
              "| head | hidden layers' init | cosine, features | cosine, bottleneck | teacher entropy, centre 0 | "
              "teacher entropy, centred |", "|---|---|---|---|---|---|"]
     for use_bn in (False, True):
-        for official in (True, False):
-            runs = [measure(images, data.num_classes, use_bn, official, s, out_dim, tau_t)
-                    for s in SEEDS]
-            cells = [f"{statistics.fmean(v):.2f} ± {statistics.stdev(v):.2f}"
-                     for v in ([r[k] for r in runs] for k in ("features", "bottleneck", "h0", "hc"))]
-            lines.append(f"| {'BatchNorm' if use_bn else 'no BatchNorm'} | "
-                         f"{'normal, std 0.02 (official)' if official else 'PyTorch default'} | " + " | ".join(cells)
-                         + " |")
+        for init, words in INITS.items():
+            runs = [measure(images, data.num_classes, use_bn, init, s, out_dim, tau_t) for s in SEEDS]
+            cells = [fmt(*mean_std([r[k] for r in runs])) for k in ("features", "bottleneck", "h0", "hc")]
+            lines.append(f"| {'BatchNorm' if use_bn else 'no BatchNorm'} | {words} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.write_text("\n".join(lines) + "\n")
     return out
