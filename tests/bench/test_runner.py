@@ -238,14 +238,16 @@ def test_method_label_is_the_shortest_of_the_defaults_and_the_presets():
         return method_label(resolve_config({"method": {"name": "ips", **opts}}).method)
 
     # a preset plus overrides that add up to the defaults is the defaults
-    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1, ce_inputs="swapped+original") == "ips"
-    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1) == "ips(ce_inputs=swapped)"
+    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1) == "ips"
+    assert label(preset="spec", teacher_rule="symmetric", lambda_kd=0.1, ce_inputs="swapped+original") == (
+        "ips(preset=robust)")
     # a run that names no preset but has a preset's values is labelled by it (a run made under earlier defaults)
-    assert label(teacher_rule="confidence", lambda_kd=1.0, ce_inputs="swapped") == "ips(preset=spec)"
+    assert label(teacher_rule="confidence", lambda_kd=1.0) == "ips(preset=spec)"
+    assert label(ce_inputs="swapped+original") == "ips(preset=robust)"
     # a tie keeps the preset the run names, else the defaults
     assert label(preset="spec", lambda_kd=0.0, ce_inputs="swapped+original") == (
         "ips(preset=spec, lambda_kd=0.0, ce_inputs=swapped+original)")
-    assert label(teacher_rule="confidence", lambda_kd=0.0) == "ips(teacher_rule=confidence, lambda_kd=0.0)"
+    assert label(teacher_rule="confidence", T=2.0) == "ips(teacher_rule=confidence, T=2.0)"
 
 
 def test_a_run_held_by_another_process_is_skipped(tmp_path):

@@ -226,19 +226,23 @@ def test_identical_partner_in_eval_mode_gives_zero_kd():  # invariant 6, second 
     assert out.logits.shape == (8, 4)
 
 
-def test_default_step_is_ce_on_four_groups_plus_a_tenth_of_the_symmetric_kd():
+@pytest.mark.parametrize("preset", [None, "robust"])
+def test_default_step_is_ce_on_the_swapped_pair_plus_a_tenth_of_the_symmetric_kd(preset):
+    """The defaults: ½[CE(z_a) + CE(z_b)] + 0.1·T²·½[KL(a‖b) + KL(b‖a)]; ``robust`` also puts the two clean images
+    under CE (the mean over four groups), with the same term."""
     torch.manual_seed(0)
     model = build_model("resnet8", 4).eval()
     xa, xb = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
     y = torch.tensor([0, 1, 2])
-    method = _method()
+    method = _method(**({"preset": preset} if preset else {}))
     batch = _batch(xa, y, xb)
     out = method.training_step(model, batch, epoch=1)
     mask, _ = method.opt.masks(batch.generator(), 3, slice(None), 16, 16, torch.device("cpu"))
     sa, sb = swap_with_mask(xa, xb, mask)
     with torch.no_grad():
         za, zb, zca, zcb = (model(x) for x in (sa, sb, xa, xb))
-    ce = sum(torch.nn.functional.cross_entropy(z, y) for z in (za, zb, zca, zcb)) / 4
+    groups = (za, zb, zca, zcb) if preset else (za, zb)
+    ce = sum(torch.nn.functional.cross_entropy(z, y) for z in groups) / len(groups)
     kd = sum(torch.nn.functional.kl_div(torch.log_softmax(s / 4, 1), torch.softmax(t / 4, 1), reduction="batchmean")
              for t, s in ((za, zb), (zb, za))) * 16 / 2
     assert out.losses["ce"].item() == pytest.approx(ce.item(), rel=1e-4)
@@ -280,7 +284,8 @@ def test_inbatch_lone_rows_do_not_enter_kd():  # invariant 11
 
 def test_options_cost_and_requirements():
     assert IPS.cost(spec()) == 2.0 and IPS.cost(spec(partner_source="inbatch")) == 1.0
-    assert IPS.cost(IPSOptions()) == 4.0  # the defaults also train on the clean images
+    assert IPS.cost(IPSOptions()) == 2.0  # the defaults forward the swapped pair only
+    assert IPS.cost(IPSOptions(ce_inputs="swapped+original")) == 4.0  # the clean images too
     assert IPS.cost(spec(teacher_rule="originals")) == 2.0  # the clean forward has no backward
     assert IPS.cost(spec(teacher_rule="originals", teacher_forward="joint")) == 4.0
     assert IPS.data_requirements(IPSOptions(batch_counts="images")).batch_scale == 0.5
@@ -298,6 +303,8 @@ def test_preset_robust_is_the_four_image_reading():
     assert (robust["teacher_rule"], robust["lambda_kd"], robust["T"], robust["ce_inputs"]) == (
         "symmetric", 0.1, 4.0, "swapped+original")
     assert IPS.cost(IPSOptions(**IPS.PRESETS["robust"])) == 4.0 and IPS.cost(spec()) == 2.0
+    defaults = validate_method_options({"name": "ips"})
+    assert {k for k in defaults if k != "preset" and defaults[k] != robust[k]} == {"ce_inputs"}  # + clean images' CE
     assert validate_method_options({"name": "ips", "preset": "robust", "lambda_kd": 0.3})["lambda_kd"] == 0.3
 
 
@@ -322,7 +329,7 @@ def test_ips_on_a_cifar10_subset(tmp_path, cifar10_root, cifar10_cache):
            "model": {"name": "resnet8"}, "method": {"name": "ips"}, "optim": {"lr": 0.05}, "sched": {"name": "cosine"},
            "train": {"epochs": 2, "device": "cpu", "progress": False}}
     s = train(cfg)
-    assert s.passes_per_step == 4.0 and s.last["test_top1"] > 15
+    assert s.passes_per_step == 2.0 and s.last["test_top1"] > 15
     import csv
 
     with open(f"{s.run}/metrics.csv") as fh:

@@ -1,10 +1,11 @@
 """Intra-class Patch Swap (IPS), the library's headline method (docs/methods.md, ips).
 
 Two images of the same class swap a random set of grid cells at the same positions; the network sees both
-swapped images and, by default, the two clean ones too (CE on all four), and within each pair the two swapped
-views teach each other through a KD term at a small weight (each detached as the other's teacher). The
-specification's reading (``preset: spec``) lets the more confident swapped view alone teach, at λ = 1, with CE on
-the swapped images only. One network, no extra parameters; inference is a plain forward of the clean image.
+swapped images (CE on each) and, by default, the two swapped views teach each other through a KD term at a small
+weight (each detached as the other's teacher): two images forwarded per anchor. ``preset: robust`` adds CE on the
+two clean images (four per anchor), for data on which CE underfits; the specification's reading (``preset: spec``)
+lets the more confident swapped view alone teach, at λ = 1. One network, no extra parameters; inference is a plain
+forward of the clean image.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class IPSOptions(ImageSwapOptions):
     """Weight of the KD term."""
     kd_warmup_epochs: int = limited(0, low=0)
     """Linear ramp of λ: λ(e) = λ·min(1, (e−1)/w) for 1-based epoch e (0 = constant)."""
-    ce_inputs: Literal["swapped", "swapped+original"] = "swapped+original"
-    """Images under the CE term; ``+original`` also forwards the two unswapped images (2B more)."""
+    ce_inputs: Literal["swapped", "swapped+original"] = "swapped"
+    """Images under the CE term; ``+original`` also forwards the two unswapped images (2B more: ``preset: robust``)."""
     ce_reduce: Literal["mean_of_two", "sum"] = "mean_of_two"
     """CE over the forwarded groups: their mean over images (½[CE(z_a)+CE(z_b)] for the swapped pair alone, a
     quarter of the four groups' sum with the clean images) or the groups' sum."""
@@ -260,7 +261,8 @@ class IntraClassPatchSwap(Method):
     Options = IPSOptions
     # ``spec``: the specification's first reading of the paper (its values are not published), kept reachable
     # beside the library's defaults, which are chosen by measurement (docs/ips.md); ``robust``: the four-image
-    # reading (CE on the clean images too), the one that stays level with CE where CE underfits (docs/ips.md)
+    # reading (CE on the clean images too; the defaults until the two-image reading replaced them), the one that
+    # stays above CE where CE underfits (docs/ips.md)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "spec": {"teacher_rule": "confidence", "conf_measure": "gt_prob", "T": 4.0, "T_teacher": None,
                  "lambda_kd": 1.0, "logit_standardize": False, "kd_gate": "none", "kd_warmup_epochs": 0,
