@@ -275,6 +275,7 @@ def test_gain_ladder_steps_are_paired_on_the_seeds_every_rung_has_and_add_up():
     val_lines = ladder_lines(val, ["ce", "ips"], "val")
     assert "paired val top-1 gain" in val_lines[1]
     assert [line.split(" | ")[1] for line in val_lines[5:7]] == ["21.00", "24.33"]
+    assert val_lines[7:] == [""]  # two rungs: the one step is the whole ladder, no second row for it
     # a group without the rungs, one without all of them, rungs without a shared seed
     assert ladder_lines([Cell("kd", [run(0, 1.0)])], ["ce", "ips"]) == []
     assert "`control`, `swap`" in ladder_lines([ce, ips], ["ce", "control", "swap", "ips"])[1]

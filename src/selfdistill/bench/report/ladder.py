@@ -12,8 +12,8 @@ from .table import paired_cells
 
 def ladder_lines(cells: list[Cell], labels: list[str], split: str = "test") -> list[str]:
     """The ladder table of ``labels`` (method labels, in rung order) among ``cells``: one row per step (its gain over
-    the rung before it, paired over the seeds all rungs measured) and a last row for the whole ladder. Empty when
-    the group has none of the rungs; a line naming the missing ones when it has some."""
+    the rung before it, paired over the seeds all rungs measured) and, from three rungs, a last row for the whole
+    ladder. Empty when the group has none of the rungs; a line naming the missing ones when it has some."""
     by_label = {c.label: c for c in cells}
     present = [label for label in labels if label in by_label]
     if not present:
@@ -40,8 +40,9 @@ def ladder_lines(cells: list[Cell], labels: list[str], split: str = "test") -> l
     for i, (label, rung) in enumerate(zip(labels, rungs, strict=True)):
         gain, p = paired_cells(rung, rungs[i - 1]) if i else ("–", "–")
         lines.append(f"| `{label}` | {sum(rung) / len(rung):.2f} | {gain} | {p} |")
-    gain, p = paired_cells(rungs[-1], rungs[0])
-    lines.append(f"| all steps: `{labels[-1]}` over `{labels[0]}` | – | {gain} | {p} |")
+    if len(rungs) > 2:  # with one step the step is the whole ladder
+        gain, p = paired_cells(rungs[-1], rungs[0])
+        lines.append(f"| all steps: `{labels[-1]}` over `{labels[0]}` | – | {gain} | {p} |")
     return [*lines, ""]
 
 
