@@ -280,3 +280,19 @@ def test_gain_ladder_steps_are_paired_on_the_seeds_every_rung_has_and_add_up():
     assert ladder_lines([Cell("kd", [run(0, 1.0)])], ["ce", "ips"]) == []
     assert "`control`, `swap`" in ladder_lines([ce, ips], ["ce", "control", "swap", "ips"])[1]
     assert "share no seed" in ladder_lines([ce, Cell("late", [run(7, 1.0)])], ["ce", "late"])[1]
+
+
+def test_training_fit_names_the_methods_whose_runs_did_not_measure_it():
+    from selfdistill.bench.report.table import fit_lines
+
+    def run(seed: int, fit: float | None) -> Run:
+        return Run(summary=RunSummary(seed=seed, metrics=["top1"], last={"test_top1": 39.0},
+                                      train_fit={"top1": fit} if fit is not None else {}), rows=[{"val_top1": 40.0}])
+
+    ce = Cell("ce", [run(0, 80.0), run(1, 70.0)])
+    late = Cell("kd", [run(0, None)])  # trained before its grid turned train.eval_train on
+    lines = fit_lines([ce, late])
+    assert "| `ce` | 2 | 75.00 ± 7.07 | 40.00 ± 0.00 | 39.00 ± 0.00 | 35.00 ± 7.07 |" in lines
+    assert "Not measured (their runs trained without `train.eval_train`): `kd`." in lines
+    assert not any("Not measured" in line for line in fit_lines([ce]))
+    assert fit_lines([late]) == []

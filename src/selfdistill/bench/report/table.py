@@ -84,7 +84,8 @@ def _machines(group: Group) -> list[str]:
 def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
     """How well each method fits its own training images: the final model's primary metric on them without
     augmentation (``train.eval_train``) beside its validation (and ``split``) value at the last epoch, and the gap
-    between training and validation; mean ± std over the seeds that measured it; empty when none did."""
+    between training and validation; mean ± std over the seeds that measured it, and the methods none of whose runs
+    did; empty when none did."""
     main = task_metrics(cells)[0] if cells else ""
     measured = [(c, runs) for c in cells if (runs := [r for r in c.runs if main in r.summary.train_fit])]
     if not measured:
@@ -101,6 +102,9 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
         gap = [a - b for a, b in zip(fit, held["val"], strict=True)]
         lines.append(f"| `{cell.label}` | {len(runs)} | {fmt(*mean_std(fit))} | "
                      + " | ".join(fmt(*mean_std(held[s])) for s in splits) + f" | {fmt(*mean_std(gap))} |")
+    unmeasured = [f"`{c.label}`" for c in cells if all(c is not m for m, _ in measured)]
+    if unmeasured:  # a run trained without train.eval_train, e.g. before a grid turned it on
+        lines += ["", f"Not measured (their runs trained without `train.eval_train`): {', '.join(unmeasured)}."]
     return ["", *lines, ""]
 
 
