@@ -328,5 +328,6 @@ def test_headline_needs_results_and_a_block(tmp_path, monkeypatch, capsys):
 def test_readme_has_the_headline_block_and_links_the_results_doc():
     text = README.read_text()
     block = text.split(HEADLINE_START, 1)[1].split(HEADLINE_END, 1)[0]
-    assert "| `ce` |" in block and "| `ips(" in block and "](docs/results.md)" in block and "![" in block
+    assert "| `ce` |" in block and "| `ips(preset=robust)` |" in block
+    assert "](docs/results.md)" in block and "![" in block
     assert "<!-- results:start" not in text, "the full results block lives in docs/results.md"

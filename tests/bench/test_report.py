@@ -293,6 +293,6 @@ def test_training_fit_names_the_methods_whose_runs_did_not_measure_it():
     late = Cell("kd", [run(0, None)])  # trained before its grid turned train.eval_train on
     lines = fit_lines([ce, late])
     assert "| `ce` | 2 | 75.00 ± 7.07 | 40.00 ± 0.00 | 39.00 ± 0.00 | 35.00 ± 7.07 |" in lines
-    assert "Not measured (their runs trained without `train.eval_train`): `kd`." in lines
-    assert not any("Not measured" in line for line in fit_lines([ce]))
+    assert "No training fit in the runs of `kd` (`train.eval_train` off when they ran)." in lines
+    assert not any("No training fit" in line for line in fit_lines([ce]))
     assert fit_lines([late]) == []

@@ -73,8 +73,8 @@ def test_two_processes_match_one(tmp_path, method):
     one = load_checkpoint(tmp_path / "runs" / "one" / "last.pt")
     two = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")
     # float32 sums taken in another order drift over the three steps: single weights end up to ~2e-5 apart on
-    # some seeds (IPS at its defaults: 5e-6 on this one); the faults this test is for (BatchNorm or a teacher not
-    # synchronised) put them ~2e-3 apart
+    # some seeds (IPS at its four-image defaults of the time: 5e-6 on this one); the faults this test is for
+    # (BatchNorm or a teacher not synchronised) put them ~2e-3 apart
     for k, v in one["model"].items():
         if v.dtype.is_floating_point:
             torch.testing.assert_close(two["model"][k], v, atol=3e-5, rtol=0.0, msg=k)

@@ -86,9 +86,9 @@ def method_label(method: dict[str, Any], task: str = "classification") -> str:
     """``name`` plus the options that differ from the method's defaults (under ``task``), e.g. ``ips(p_swap=0.5)``,
     or from one of its presets when that names fewer, e.g. ``ips(preset=spec, T=1.0)``; on a tie the preset the
     run names wins, then the defaults. Runs with the same options thus get the same label however they were spelled
-    (a preset plus overrides that add up to the defaults is plain ``ips``), and a run keeps its label when the
-    defaults change. The teacher's source and the generation index are left out: the report lists teachers
-    separately."""
+    (a preset plus overrides that add up to the defaults is plain ``ips``); when the defaults change, the label
+    changes with them (docs/bench.md). The teacher's source and the generation index are left out: the report lists
+    teachers separately."""
     registry = get_task(task).methods
     defaults = describe_method(method["name"], registry)["options"]
     presets = registry.get(method["name"]).PRESETS

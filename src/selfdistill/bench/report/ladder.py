@@ -1,7 +1,8 @@
 """The gain ladder (``selfdistill report --ladder A --ladder B ...``): a chain of method configurations in which
 each rung adds one thing to the rung before it (e.g. CE; CE on the partner images too; the swap; the term), and the
 paired gain of each step on the seeds every rung has. On those seeds the steps' mean gains add up to the last rung's
-gain over the first, so the table tells how much of a method's gain each of its parts brings."""
+gain over the first (a row of its own from three rungs), so the table tells how much of a method's gain each of its
+parts brings."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def ladder_lines(cells: list[Cell], labels: list[str], split: str = "test") -> l
     rungs = [[v[s] for s in seeds] for v in values]
     lines = ["", f"Gain ladder: each rung adds one thing to the one above it; Δ is the paired {split} "
              f"{LABELS[main]} gain of a rung over the one above it (last epoch), on the {len(seeds)} seed(s) every "
-             f"rung has ({', '.join(map(str, seeds))}); the steps' means add up to the last line's.", "",
+             f"rung has ({', '.join(map(str, seeds))})"
+             + ("; the steps' means add up to the last line's." if len(rungs) > 2 else "."), "",
              f"| rung | {split} {LABELS[main]} (last) | Δ over the rung above (paired) | p (paired t) |",
              "|---|---|---|---|"]
     for i, (label, rung) in enumerate(zip(labels, rungs, strict=True)):

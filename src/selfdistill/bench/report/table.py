@@ -104,7 +104,8 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
                      + " | ".join(fmt(*mean_std(held[s])) for s in splits) + f" | {fmt(*mean_std(gap))} |")
     unmeasured = [f"`{c.label}`" for c in cells if all(c is not m for m, _ in measured)]
     if unmeasured:  # a run trained without train.eval_train, e.g. before a grid turned it on
-        lines += ["", f"Not measured (their runs trained without `train.eval_train`): {', '.join(unmeasured)}."]
+        lines += ["", f"No training fit in the runs of {', '.join(unmeasured)} "
+                  "(`train.eval_train` off when they ran)."]
     return ["", *lines, ""]
 
 
