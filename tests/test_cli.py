@@ -123,19 +123,21 @@ def test_user_errors_end_without_a_traceback_in_a_real_process(tmp_path):
 
 @pytest.mark.slow
 def test_demo_prints_its_table(tmp_path):
-    """The demo (shortened to 6 epochs) trains CE, IPS and IPS's same-images control on three seeds and prints each
-    one's mean ± std, its per-seed Δ against CE and the pointer to the measured comparison."""
+    """The demo (shortened to 6 epochs) trains CE, IPS, its robust preset and the same-images control on three seeds
+    and prints each one's mean ± std, its per-seed Δ against CE, CE's training-fit gap and the pointer to the
+    measured comparison."""
     out = subprocess.run([sys.executable, "-m", "selfdistill", "demo", "--out", str(tmp_path), "--epochs", "6"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "| method " in out.stdout and "| Δ vs ce, per seed " in out.stdout
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in out.stdout.splitlines() if line.startswith("| ") and "±" in line}
-    assert list(rows) == ["ce", "ips", "same images, no swap or term"]
+    assert list(rows) == ["ce", "ips", "ips, preset robust", "same images, no swap or term"]
     for label, (top1, delta, _ece, _speed) in rows.items():
         assert 20 < float(top1.split("±")[0]) <= 100  # well above chance (10 %) after 6 epochs on the digits
         assert delta == "–" if label == "ce" else len(delta.split(",")) == 3
-    assert len(list(tmp_path.glob("demo_digits_*_s[012]/summary.json"))) == 9
+    assert len(list(tmp_path.glob("demo_digits_*_s[012]/summary.json"))) == 12
+    assert "CE's clean training top-1 minus its validation top-1 here: " in out.stdout
     assert "docs/results.md" in out.stdout
 
 
