@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -228,7 +227,7 @@ def _demo_run(label: str, method: dict[str, Any], seed: int, args: argparse.Name
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .bench.report import fmt, mean_std
+    from .bench.report import Run, fmt, mean_std, read_rows
 
     rows = [("method", "test top-1 %", "Δ vs ce, per seed", "ECE %", "s/epoch")]
     print("selfdistill demo: cross-entropy, Intra-class Patch Swap and its same-images control on scikit-learn's 8×8 "
@@ -247,7 +246,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     s = runs["ce"][0]
-    gap = statistics.mean(c.train_fit["top1"] - _last_val_top1(c) for c in runs["ce"])
+    gap = statistics.mean(c.train_fit["top1"] - Run(c, read_rows(Path(c.run))).metric("val", "top1")
+                          for c in runs["ce"])
     print(f"\n{s.num_train} train / {s.num_val} validation / {s.num_test} test images (one test image is "
           f"{100 / s.num_test:.2f} points): read each Δ against the seeds' spread.\n"
           f"CE's clean training top-1 minus its validation top-1 here: {gap:.1f} points. docs/ips.md picks the IPS "
@@ -256,12 +256,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"The measured comparison, on 100 classes with three paired seeds, the controls and the cost of each "
           f"method, is the README's Results (docs/results.md). Runs in {args.out}/")
     return 0
-
-
-def _last_val_top1(summary: RunSummary) -> float:
-    """The last epoch's validation top-1 of a run (from its metrics.csv)."""
-    with open(Path(summary.run) / "metrics.csv", newline="") as fh:
-        return float(list(csv.DictReader(fh))[-1]["val_top1"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from .readme import (
     update_headline,
     update_readme,
 )
-from .runs import Cell, Run, epoch_timing, load_runs
+from .runs import Cell, Run, epoch_timing, load_runs, read_rows
 from .sections import LABELS, Group, section
 from .stats import fmt, fmt_gain, mean_std, paired, paired_p, step_ratio
 from .table import fit_lines, group_table, machine_lines, paired_cells
@@ -36,5 +36,5 @@ from .write import write_report
 __all__ = ["HEADLINE_END", "HEADLINE_START", "LABELS", "README_END", "README_START", "Cell", "Group", "Headline", "Run",
            "diagnostics_lines", "epoch_timing", "eval_model_lines", "fit_lines", "fmt", "fmt_gain", "generation_lines",
            "group_table", "headline_sections", "ladder_lines", "load_runs", "machine_lines", "mean_std", "paired",
-           "paired_cells", "paired_p", "per_class_lines", "results_sections", "section", "self_supervised_lines",
-           "step_ratio", "teacher_lines", "update_headline", "update_readme", "write_report"]
+           "paired_cells", "paired_p", "per_class_lines", "read_rows", "results_sections", "section",
+           "self_supervised_lines", "step_ratio", "teacher_lines", "update_headline", "update_readme", "write_report"]

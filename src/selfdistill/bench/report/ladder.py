@@ -33,16 +33,17 @@ def ladder_lines(cells: list[Cell], labels: list[str], split: str = "test") -> l
     if not seeds:
         return ["", "Gain ladder: its rungs share no seed yet.", ""]
     rungs = [[v[s] for s in seeds] for v in values]
+    whole = len(rungs) > 2  # with one step the step is the whole ladder: no row of its own
     lines = ["", f"Gain ladder: each rung adds one thing to the one above it; Δ is the paired {split} "
              f"{LABELS[main]} gain of a rung over the one above it (last epoch), on the {len(seeds)} seed(s) every "
              f"rung has ({', '.join(map(str, seeds))})"
-             + ("; the steps' means add up to the last line's." if len(rungs) > 2 else "."), "",
+             + ("; the steps' means add up to the last line's." if whole else "."), "",
              f"| rung | {split} {LABELS[main]} (last) | Δ over the rung above (paired) | p (paired t) |",
              "|---|---|---|---|"]
     for i, (label, rung) in enumerate(zip(labels, rungs, strict=True)):
         gain, p = paired_cells(rung, rungs[i - 1]) if i else ("–", "–")
         lines.append(f"| `{label}` | {sum(rung) / len(rung):.2f} | {gain} | {p} |")
-    if len(rungs) > 2:  # with one step the step is the whole ladder
+    if whole:
         gain, p = paired_cells(rungs[-1], rungs[0])
         lines.append(f"| all steps: `{labels[-1]}` over `{labels[0]}` | – | {gain} | {p} |")
     return [*lines, ""]

@@ -68,7 +68,8 @@ class Cell:
         return [value(r) for r in sorted(self.runs, key=lambda r: r.seed)]
 
 
-def _read_rows(run_dir: Path) -> list[dict[str, float]]:
+def read_rows(run_dir: Path) -> list[dict[str, float]]:
+    """A run folder's per-epoch rows (its ``metrics.csv``, empty cells left out); none without the file."""
     if not (run_dir / "metrics.csv").is_file():
         return []
     with (run_dir / "metrics.csv").open(newline="") as fh:
@@ -111,10 +112,10 @@ def load_runs(root: str | Path) -> list[Run]:
         summary = RunSummary.load(path)
         summary.relocate(path.parent)
         stages = [d for d in sorted(run_dirs) if d.parent == path.parent]
-        rows = _read_rows(path.parent)
+        rows = read_rows(path.parent)
         cfg = summary.config
         label = method_label(cfg["method"], cfg.get("task", "classification"))
-        timing = epoch_timing([_read_rows(d) for d in stages] if stages else [rows])
+        timing = epoch_timing([read_rows(d) for d in stages] if stages else [rows])
         runs.append(Run(summary, rows, label, (cfg["data"]["name"], cfg["model"]["name"]), timing))
     _label_settings(runs)
     return runs

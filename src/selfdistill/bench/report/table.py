@@ -102,7 +102,8 @@ def fit_lines(cells: list[Cell], split: str = "test") -> list[str]:
         gap = [a - b for a, b in zip(fit, held["val"], strict=True)]
         lines.append(f"| `{cell.label}` | {len(runs)} | {fmt(*mean_std(fit))} | "
                      + " | ".join(fmt(*mean_std(held[s])) for s in splits) + f" | {fmt(*mean_std(gap))} |")
-    unmeasured = [f"`{c.label}`" for c in cells if all(c is not m for m, _ in measured)]
+    measured_labels = {c.label for c, _ in measured}
+    unmeasured = [f"`{c.label}`" for c in cells if c.label not in measured_labels]
     if unmeasured:  # a run trained without train.eval_train, e.g. before a grid turned it on
         lines += ["", f"No training fit in the runs of {', '.join(unmeasured)} "
                   "(`train.eval_train` off when they ran)."]
